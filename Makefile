@@ -1,0 +1,104 @@
+# coalesce: batches small socket writes of unmodified programs (LD_PRELOAD).
+#
+#   make            build build/libcoalesce.so
+#   make test       install missing test dependencies, build, run every test
+#   make demo       the main job: a real workload plain and under the shim, compared
+#   make bench      the benchmark suite
+#   make install    PREFIX=/usr/local DESTDIR=
+#   V=1             show full command lines
+
+CC ?= cc
+PREFIX ?= /usr/local
+BUILD := build
+
+WARN := -Wall -Wextra -Werror
+BASE_CFLAGS := -O2 -g $(WARN) -D_GNU_SOURCE -pthread -MMD -MP
+CFLAGS ?=
+SO_CFLAGS := $(BASE_CFLAGS) -fPIC -fvisibility=hidden $(CFLAGS)
+SO_LDFLAGS := -shared -pthread -ldl -Wl,--version-script=shim/exports.map -Wl,-z,defs \
+	-Wl,-z,now -Wl,-z,relro
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+CORE_SRC := $(sort $(wildcard core/*.c))
+SHIM_SRC := $(sort $(wildcard shim/*.c))
+LIB := $(BUILD)/libcoalesce.so
+
+UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_HELPERS := $(filter-out $(UNIT_SRC),$(sort $(wildcard tests/unit/*.c)))
+INTEG_SRC := $(filter-out tests/integration/common.c,$(sort $(wildcard tests/integration/*.c)))
+INTEG_BIN := $(patsubst tests/integration/%.c,$(BUILD)/tests/integration/%,$(INTEG_SRC))
+
+# Unit tests are built three times: plain, with ASan+UBSan, with TSan.
+SANITIZERS := plain asan tsan
+SAN_FLAGS_plain :=
+SAN_FLAGS_asan := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+SAN_FLAGS_tsan := -fsanitize=thread
+UNIT_BIN := $(foreach s,$(SANITIZERS),$(patsubst tests/unit/%.c,$(BUILD)/unit-$(s)/%,$(UNIT_SRC)))
+
+all: $(LIB)
+
+$(BUILD)/so/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(SO_CFLAGS) -c $< -o $@
+
+$(LIB): $(patsubst %.c,$(BUILD)/so/%.o,$(CORE_SRC) $(SHIM_SRC)) shim/exports.map
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) -o $@ $(filter %.o,$^) $(SO_LDFLAGS)
+
+define unit_rules
+$(BUILD)/unit-$(1)/%: tests/unit/%.c $(CORE_SRC) $(UNIT_HELPERS)
+	@mkdir -p $$(dir $$@)
+	@$$(if $$(Q),echo "  CC      $$@")
+	$$(Q)$$(CC) $(BASE_CFLAGS) $$(SAN_FLAGS_$(1)) $$(CFLAGS) -Icore -o $$@ $$< $(CORE_SRC) $(UNIT_HELPERS) -lcmocka
+endef
+$(foreach s,$(SANITIZERS),$(eval $(call unit_rules,$(s))))
+
+$(BUILD)/tests/integration/%: tests/integration/%.c tests/integration/common.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $@")
+	$(Q)$(CC) $(BASE_CFLAGS) $(CFLAGS) -o $@ $< tests/integration/common.c
+
+# The shim built with ASan+UBSan, loaded after libasan in the integration tests.
+$(BUILD)/asan/libcoalesce.so: $(CORE_SRC) $(SHIM_SRC) shim/exports.map
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(SO_CFLAGS) -fsanitize=address,undefined -fno-omit-frame-pointer \
+		-o $@ $(CORE_SRC) $(SHIM_SRC) $(filter-out -Wl$(comma)-z$(comma)defs,$(SO_LDFLAGS))
+
+comma := ,
+
+deps:
+	$(Q)scripts/setup-deps.sh
+
+tests: $(LIB) $(UNIT_BIN) $(INTEG_BIN) $(BUILD)/asan/libcoalesce.so
+
+test: deps
+	$(Q)$(MAKE) --no-print-directory tests
+	$(Q)scripts/run-tests.sh $(BUILD)
+
+demo: deps $(LIB)
+	$(Q)scripts/demo.sh
+
+bench: $(LIB)
+	$(Q)COALESCE_LIB=$(abspath $(LIB)) bench/run.sh
+
+install: $(LIB)
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/bin
+	install -m 0644 $(LIB) $(DESTDIR)$(PREFIX)/lib/libcoalesce.so
+	sed 's|^COALESCE_DEFAULT_LIB=.*|COALESCE_DEFAULT_LIB=$(PREFIX)/lib/libcoalesce.so|' \
+		scripts/coalesce > $(DESTDIR)$(PREFIX)/bin/coalesce
+	chmod 0755 $(DESTDIR)$(PREFIX)/bin/coalesce
+
+clean:
+	rm -rf $(BUILD)
+
+.PHONY: all deps tests test demo bench install clean
+.SECONDARY:
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

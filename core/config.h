@@ -1,0 +1,36 @@
+/* Settings, read once from the environment. */
+#ifndef CO_CONFIG_H
+#define CO_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum co_log_level { CO_LOG_OFF, CO_LOG_ERROR, CO_LOG_INFO, CO_LOG_DEBUG };
+
+struct co_config {
+	int disabled;           /* COALESCE_DISABLE: pure passthrough. */
+	uint64_t delay_ns;      /* COALESCE_DELAY_US: longest time a byte stays queued. */
+	size_t max_bytes;       /* COALESCE_MAX_BYTES: queue size that triggers a flush. */
+	size_t large_bytes;     /* COALESCE_LARGE_BYTES: writes this big are not copied. */
+	uint64_t linger_ns;     /* COALESCE_LINGER_MS: how long close waits on a full nonblocking socket. */
+	enum co_log_level log_level; /* COALESCE_LOG */
+	const char *log_file;   /* COALESCE_LOG_FILE, or NULL for stderr. */
+	const char *stats_path; /* COALESCE_STATS, or NULL. */
+};
+
+#define CO_DEFAULT_DELAY_US 200
+#define CO_DEFAULT_MAX_BYTES 65536
+#define CO_DEFAULT_LARGE_BYTES 32768
+#define CO_DEFAULT_LINGER_MS 1000
+
+/* Looks up one environment variable; returns NULL when it is not set. */
+typedef const char *(*co_getenv_fn)(const char *name);
+/* Receives one complete message about a bad setting. */
+typedef void (*co_report_fn)(const char *msg);
+
+/* Fills cfg from the environment. Each bad value is reported once through
+ * report, naming the variable and the default used instead. Returns the
+ * number of bad values. */
+int co_config_load(struct co_config *cfg, co_getenv_fn get, co_report_fn report);
+
+#endif

@@ -1,0 +1,72 @@
+/* The fd table: per-fd state, indexed by fd number, allocated in chunks on
+ * first use and never freed (so a racing close cannot free an entry that
+ * another thread is using). */
+#ifndef CO_FDTABLE_H
+#define CO_FDTABLE_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "pending.h"
+#include "sys.h"
+
+enum co_fd_kind {
+	CO_FD_UNKNOWN = 0, /* Not classified yet: the next write looks. */
+	CO_FD_PASS,        /* Never coalesced: every call goes to libc. */
+	CO_FD_STREAM,      /* A connected stream socket: writes are queued. */
+};
+
+struct co_fd {
+	pthread_mutex_t lock;
+	_Atomic unsigned char kind;
+	int deferred_err;   /* errno of a failed deferred flush, reported on the next write. */
+	unsigned writes;    /* Application writes queued since the last flush syscall. */
+	uint64_t first_ns;  /* When the oldest queued byte was queued. */
+	struct co_pending q;
+};
+
+#define CO_FD_CHUNK_BITS 10
+#define CO_FD_CHUNK_SIZE (1 << CO_FD_CHUNK_BITS)
+#define CO_FD_CHUNKS 4096
+#define CO_FD_LIMIT (CO_FD_CHUNKS * CO_FD_CHUNK_SIZE)
+#define CO_FD_WORD_BITS (sizeof(unsigned long) * CHAR_BIT)
+
+struct co_fdtable {
+	_Atomic(struct co_fd *) chunk[CO_FD_CHUNKS];
+	/* One bit per fd whose queue is not empty. */
+	_Atomic unsigned long pending_bits[CO_FD_LIMIT / CO_FD_WORD_BITS];
+	_Atomic int pending_count; /* Number of bits set above. */
+	_Atomic int pending_top;   /* Highest fd that ever had a queue, or -1. */
+};
+
+void co_fdtable_init(struct co_fdtable *t);
+
+/* Returns fd's entry, or NULL if it was never created (or fd is out of range). */
+static inline struct co_fd *co_fd_find(struct co_fdtable *t, int fd)
+{
+	struct co_fd *chunk;
+
+	if ((unsigned)fd >= CO_FD_LIMIT)
+		return NULL;
+	chunk = atomic_load_explicit(&t->chunk[fd >> CO_FD_CHUNK_BITS], memory_order_acquire);
+	return chunk ? &chunk[fd & (CO_FD_CHUNK_SIZE - 1)] : NULL;
+}
+
+/* Returns fd's entry, creating its chunk if needed; NULL if fd is out of
+ * range or memory ran out. */
+struct co_fd *co_fd_get(struct co_fdtable *t, const struct co_sys *sys, int fd);
+
+/* Records whether fd's queue holds bytes (fd's lock held). Returns 1 when the
+ * queue has just become non-empty. */
+int co_fd_mark(struct co_fdtable *t, int fd, int nonempty);
+
+/* Calls fn on each fd whose pending bit is set, in fd order. */
+void co_fd_each_pending(struct co_fdtable *t, void (*fn)(int fd, void *arg), void *arg);
+
+/* Calls fn on every entry that exists in [first, last]. */
+void co_fd_each(struct co_fdtable *t, unsigned first, unsigned last,
+		void (*fn)(int fd, struct co_fd *f, void *arg), void *arg);
+
+#endif

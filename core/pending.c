@@ -1,0 +1,78 @@
+/* Byte queue: append by copy, consume from the head, grow by doubling. */
+#include "pending.h"
+
+#include <errno.h>
+#include <string.h>
+
+#define CO_PENDING_MIN_CAP 4096
+
+/* Makes room for need more bytes after tail, first by moving the queued
+ * bytes to the start of the buffer, then by growing it. Returns 0 or -ENOMEM. */
+static int pending_reserve(struct co_pending *q, const struct co_sys *sys, size_t need)
+{
+	size_t len = pending_len(q);
+	size_t cap;
+	char *data;
+
+	if (q->cap - q->tail >= need)
+		return 0;
+	if (q->head > 0 && q->cap - len >= need) {
+		memmove(q->data, q->data + q->head, len);
+		q->head = 0;
+		q->tail = len;
+		return 0;
+	}
+	cap = q->cap ? q->cap : CO_PENDING_MIN_CAP;
+	while (cap - len < need)
+		cap *= 2;
+	if (q->head > 0) {
+		memmove(q->data, q->data + q->head, len);
+		q->head = 0;
+		q->tail = len;
+	}
+	data = sys->realloc(q->data, cap);
+	if (!data)
+		return -ENOMEM;
+	q->data = data;
+	q->cap = cap;
+	return 0;
+}
+
+int pending_append(struct co_pending *q, const struct co_sys *sys,
+		   const struct iovec *iov, int iovcnt, size_t total)
+{
+	int i, err;
+
+	err = pending_reserve(q, sys, total);
+	if (err)
+		return err;
+	for (i = 0; i < iovcnt; i++) {
+		if (iov[i].iov_len == 0)
+			continue;
+		memcpy(q->data + q->tail, iov[i].iov_base, iov[i].iov_len);
+		q->tail += iov[i].iov_len;
+	}
+	return 0;
+}
+
+void pending_consume(struct co_pending *q, size_t n)
+{
+	q->head += n;
+	if (q->head == q->tail)
+		q->head = q->tail = 0;
+}
+
+size_t pending_discard(struct co_pending *q)
+{
+	size_t n = pending_len(q);
+
+	q->head = q->tail = 0;
+	return n;
+}
+
+void pending_release(struct co_pending *q, const struct co_sys *sys)
+{
+	sys->free(q->data);
+	q->data = NULL;
+	q->head = q->tail = q->cap = 0;
+}

@@ -1,0 +1,155 @@
+/* Sending queued bytes with sendmsg, with partial sends, EAGAIN and errors. */
+#include "send.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <string.h>
+
+#define CO_IOV_MAX 1024
+
+/* Folds the writes queued on f since the last flush into the counters. */
+static void fold_writes(struct co_ctx *ctx, struct co_fd *f, int along)
+{
+	co_stats_batch(&ctx->stats, (uint64_t)f->writes + (unsigned)along);
+	co_stat_add(&ctx->stats, CO_ST_writes_queued, f->writes);
+	if (along)
+		co_stat_add(&ctx->stats, CO_ST_writes_sent_along, 1);
+	f->writes = 0;
+}
+
+/* Fills iov with the queue and the part of extra not yet sent. Returns the
+ * number of entries used. */
+static int build_iov(struct iovec *iov, struct co_fd *f, const struct iovec *extra,
+		     int extra_cnt, size_t skip)
+{
+	int n = 0, i;
+
+	if (pending_len(&f->q)) {
+		iov[n].iov_base = f->q.data + f->q.head;
+		iov[n].iov_len = pending_len(&f->q);
+		n++;
+	}
+	for (i = 0; i < extra_cnt && n < CO_IOV_MAX; i++) {
+		if (skip >= extra[i].iov_len) {
+			skip -= extra[i].iov_len;
+			continue;
+		}
+		iov[n].iov_base = (char *)extra[i].iov_base + skip;
+		iov[n].iov_len = extra[i].iov_len - skip;
+		skip = 0;
+		n++;
+	}
+	return n;
+}
+
+void co__discard_locked(struct co_ctx *ctx, int fd, struct co_fd *f)
+{
+	size_t n = pending_discard(&f->q);
+
+	co_stat_add(&ctx->stats, CO_ST_writes_queued, f->writes);
+	f->writes = 0;
+	if (n) {
+		co_stat_add(&ctx->stats, CO_ST_bytes_dropped, n);
+		co_log(ctx, CO_LOG_ERROR, "fd %d: %zu queued bytes could not be sent", fd, n);
+	}
+	co__sync_mark(ctx, fd, f);
+}
+
+ssize_t co__send_queue(struct co_ctx *ctx, int fd, struct co_fd *f,
+		       const struct iovec *extra, int extra_cnt, size_t extra_len, int flags)
+{
+	/* Sized to the call, not to CO_IOV_MAX: signal handlers may run on a small stack. */
+	struct iovec iov[extra_cnt < CO_IOV_MAX ? extra_cnt + 1 : CO_IOV_MAX];
+	struct msghdr msg;
+	size_t sent_extra = 0, qlen;
+	ssize_t n;
+	int along = extra_len > 0;
+
+	for (;;) {
+		qlen = pending_len(&f->q);
+		if (qlen == 0 && sent_extra == extra_len)
+			return (ssize_t)sent_extra;
+		memset(&msg, 0, sizeof(msg));
+		msg.msg_iov = iov;
+		msg.msg_iovlen = (size_t)build_iov(iov, f, extra, extra_cnt, sent_extra);
+		n = ctx->sys.sendmsg(fd, &msg, flags | MSG_NOSIGNAL);
+		co_stat_add(&ctx->stats, CO_ST_flush_syscalls, 1);
+		if (f->writes || along) {
+			fold_writes(ctx, f, along);
+			along = 0;
+		}
+		if (n < 0) {
+			if (n == -EINTR && (flags & MSG_DONTWAIT))
+				continue;
+			if (n == -EAGAIN)
+				co_stat_add(&ctx->stats, CO_ST_flush_eagain, 1);
+			else if (n != -EINTR)
+				co__discard_locked(ctx, fd, f);
+			if (sent_extra == 0)
+				return n;
+			if (n != -EAGAIN && n != -EINTR)
+				f->deferred_err = (int)-n;
+			return (ssize_t)sent_extra;
+		}
+		if (n == 0)
+			return sent_extra ? (ssize_t)sent_extra : -EAGAIN;
+		co_stat_add(&ctx->stats, CO_ST_flush_bytes, (uint64_t)n);
+		if ((size_t)n <= qlen) {
+			pending_consume(&f->q, (size_t)n);
+		} else {
+			pending_consume(&f->q, qlen);
+			sent_extra += (size_t)n - qlen;
+			/* A short send of the caller's own bytes is the caller's result. */
+			if (sent_extra < extra_len)
+				return (ssize_t)sent_extra;
+		}
+	}
+}
+
+void co__sync_mark(struct co_ctx *ctx, int fd, struct co_fd *f)
+{
+	if (co_fd_mark(&ctx->fds, fd, pending_len(&f->q) > 0)) {
+		f->first_ns = ctx->sys.now_ns();
+		if (ctx->on_pending)
+			ctx->on_pending(ctx);
+	}
+}
+
+int co__flush_locked(struct co_ctx *ctx, int fd, struct co_fd *f,
+		     enum co_counter trigger, int flags)
+{
+	ssize_t r;
+
+	if (pending_len(&f->q) == 0)
+		return 0;
+	co_stat_add(&ctx->stats, trigger, 1);
+	r = co__send_queue(ctx, fd, f, NULL, 0, 0, flags);
+	if (r < 0 && r != -EAGAIN && r != -EINTR) {
+		f->deferred_err = (int)-r;
+		co_stat_add(&ctx->stats, CO_ST_deferred_errors, 1);
+		co_log(ctx, CO_LOG_INFO, "fd %d: deferred flush failed: error %d", fd, (int)-r);
+	}
+	co__sync_mark(ctx, fd, f);
+	return r < 0 ? (int)r : 0;
+}
+
+int co__drain_locked(struct co_ctx *ctx, int fd, struct co_fd *f,
+		     enum co_counter trigger, uint64_t deadline_ns)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+	uint64_t now;
+	int r, ms;
+
+	for (;;) {
+		r = co__flush_locked(ctx, fd, f, trigger, 0);
+		if (r == 0 || (r != -EAGAIN && r != -EINTR))
+			return r;
+		now = ctx->sys.now_ns();
+		if (now >= deadline_ns) {
+			co__discard_locked(ctx, fd, f);
+			return -EAGAIN;
+		}
+		ms = (int)((deadline_ns - now + 999999) / 1000000);
+		ctx->sys.poll(&pfd, 1, ms);
+	}
+}

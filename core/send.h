@@ -1,0 +1,42 @@
+/* Internal: sending a queue, the one place core calls sendmsg. Every
+ * function here expects the fd's lock to be held. */
+#ifndef CO_SEND_H
+#define CO_SEND_H
+
+#include "ctx.h"
+
+/* Sends f's queue followed by the extra iovecs (not copied), until all is
+ * sent, the kernel says EAGAIN, or an error. flags is MSG_DONTWAIT or 0
+ * (then the socket's own blocking mode applies); MSG_NOSIGNAL is added.
+ * Returns how many extra bytes were sent (all of them once the queue is
+ * empty, fewer after a short send), or -errno if none was: -EAGAIN or
+ * -EINTR leave the rest queued; other errors drop the queue (counted). */
+ssize_t co__send_queue(struct co_ctx *ctx, int fd, struct co_fd *f,
+		       const struct iovec *extra, int extra_cnt, size_t extra_len, int flags);
+
+/* Sends f's queue on behalf of no application call (counted as trigger).
+ * Returns 0 once the queue is empty, -EAGAIN or -EINTR if bytes remain, or
+ * -errno of a failure, which is kept for the next write on fd. */
+int co__flush_locked(struct co_ctx *ctx, int fd, struct co_fd *f,
+		     enum co_counter trigger, int flags);
+
+/* Sends f's queue as a blocking write would, waiting until deadline_ns
+ * (monotonic) when the socket is nonblocking and full; what is left then is
+ * dropped and counted. Returns 0 or -errno. */
+int co__drain_locked(struct co_ctx *ctx, int fd, struct co_fd *f,
+		     enum co_counter trigger, uint64_t deadline_ns);
+
+/* Drops f's queue (counted as bytes_dropped). */
+void co__discard_locked(struct co_ctx *ctx, int fd, struct co_fd *f);
+
+/* Decides, once, whether fd is a connected stream socket that can be
+ * coalesced (f->kind = CO_FD_STREAM) or never can be (CO_FD_PASS). Leaves
+ * CO_FD_UNKNOWN when the answer may change: a bad fd, a socket not yet
+ * connected. */
+void co__classify(struct co_ctx *ctx, int fd, struct co_fd *f);
+
+/* Brings fd's pending bit in line with its queue; when the queue has just
+ * become non-empty, stamps its time and tells the deadline flusher. */
+void co__sync_mark(struct co_ctx *ctx, int fd, struct co_fd *f);
+
+#endif

@@ -1,0 +1,75 @@
+/* Process-wide counters, cheap enough to leave on.
+ *
+ * The write path never touches these: it counts in its fd entry, under the
+ * fd lock, and the counts are folded in here once per flush. */
+#ifndef CO_STATS_H
+#define CO_STATS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CO_STATS_COUNTERS(X)                                                   \
+	X(writes_queued)                                                       \
+	X(bytes_queued)                                                        \
+	X(writes_sent_along)                                                   \
+	X(flush_syscalls)                                                      \
+	X(flush_bytes)                                                         \
+	X(flush_eagain)                                                        \
+	X(flush_size)                                                          \
+	X(flush_large)                                                         \
+	X(flush_deadline)                                                      \
+	X(flush_read)                                                          \
+	X(flush_wait)                                                          \
+	X(flush_close)                                                         \
+	X(flush_order)                                                         \
+	X(flush_exit)                                                          \
+	X(flush_fork)                                                          \
+	X(flush_exec)                                                          \
+	X(passthrough_not_socket)                                              \
+	X(passthrough_not_stream)                                              \
+	X(passthrough_not_connected)                                           \
+	X(passthrough_flags)                                                   \
+	X(passthrough_address)                                                 \
+	X(passthrough_control)                                                 \
+	X(passthrough_nomem)                                                   \
+	X(passthrough_stdio)                                                   \
+	X(passthrough_dup)                                                     \
+	X(passthrough_shutdown)                                                \
+	X(passthrough_fd_range)                                                \
+	X(deferred_errors)                                                     \
+	X(bytes_dropped)
+
+enum co_counter {
+#define CO_STATS_ENUM(name) CO_ST_##name,
+	CO_STATS_COUNTERS(CO_STATS_ENUM)
+#undef CO_STATS_ENUM
+	CO_ST_COUNT
+};
+
+/* Writes per flush syscall, in power-of-two buckets: 1, 2-3, 4-7, ... */
+#define CO_BATCH_BUCKETS 12
+
+struct co_stats {
+	_Atomic uint64_t counter[CO_ST_COUNT];
+	_Atomic uint64_t batch[CO_BATCH_BUCKETS];
+};
+
+static inline void co_stat_add(struct co_stats *st, enum co_counter c, uint64_t n)
+{
+	atomic_fetch_add_explicit(&st->counter[c], n, memory_order_relaxed);
+}
+
+static inline uint64_t co_stat_get(struct co_stats *st, enum co_counter c)
+{
+	return atomic_load_explicit(&st->counter[c], memory_order_relaxed);
+}
+
+/* Records one flush syscall that carried out the given number of writes. */
+void co_stats_batch(struct co_stats *st, uint64_t writes);
+
+/* Formats the counters as a flat JSON object, one "key": value per line.
+ * Returns the length written (truncated to size - 1 if too small). */
+size_t co_stats_format(struct co_stats *st, long pid, char *buf, size_t size);
+
+#endif

@@ -1,0 +1,154 @@
+/* The write path: classifying an fd once, queueing small writes, sending
+ * large ones along with the queue. */
+#include "stream.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "send.h"
+
+/* Flags a queued write may carry: the rest need the kernel to see the call. */
+#define CO_QUEUE_FLAGS (MSG_DONTWAIT | MSG_NOSIGNAL | MSG_MORE)
+
+static int sockopt_int(struct co_ctx *ctx, int fd, int name, int *val)
+{
+	socklen_t len = sizeof(*val);
+
+	return ctx->sys.getsockopt(fd, SOL_SOCKET, name, val, &len);
+}
+
+void co__classify(struct co_ctx *ctx, int fd, struct co_fd *f)
+{
+	struct sockaddr_storage peer;
+	socklen_t len = sizeof(peer);
+	int type, domain, protocol, r;
+
+	r = sockopt_int(ctx, fd, SO_TYPE, &type);
+	if (r == -ENOTSOCK) {
+		co_stat_add(&ctx->stats, CO_ST_passthrough_not_socket, 1);
+		atomic_store(&f->kind, CO_FD_PASS);
+		return;
+	}
+	if (r < 0)
+		return;
+	if (type != SOCK_STREAM || sockopt_int(ctx, fd, SO_DOMAIN, &domain) < 0 ||
+	    sockopt_int(ctx, fd, SO_PROTOCOL, &protocol) < 0 ||
+	    !(domain == AF_UNIX ||
+	      ((domain == AF_INET || domain == AF_INET6) && protocol == IPPROTO_TCP))) {
+		co_stat_add(&ctx->stats, CO_ST_passthrough_not_stream, 1);
+		atomic_store(&f->kind, CO_FD_PASS);
+		return;
+	}
+	r = ctx->sys.getpeername(fd, (struct sockaddr *)&peer, &len);
+	if (r < 0) {
+		co_stat_add(&ctx->stats, CO_ST_passthrough_not_connected, 1);
+		return;
+	}
+	atomic_store(&f->kind, CO_FD_STREAM);
+}
+
+/* Returns the counter for why a write on a stream socket cannot be queued,
+ * or CO_ST_COUNT if it can. */
+static enum co_counter unsupported(int flags, unsigned how, int iovcnt, size_t total)
+{
+	if (how & CO_WRITE_CONTROL)
+		return CO_ST_passthrough_control;
+	if (how & CO_WRITE_ADDR)
+		return CO_ST_passthrough_address;
+	if ((flags & ~CO_QUEUE_FLAGS) || iovcnt < 0 || iovcnt > IOV_MAX || total > SSIZE_MAX)
+		return CO_ST_passthrough_flags;
+	return CO_ST_COUNT;
+}
+
+/* Sends the queue and the caller's bytes together, without copying them.
+ * If the kernel is full and the bytes fit in the queue after all, queues
+ * them. Returns what co_write returns. */
+static ssize_t write_through(struct co_ctx *ctx, int fd, struct co_fd *f,
+			     const struct iovec *iov, int iovcnt, size_t total, int flags)
+{
+	enum co_counter trigger = total >= ctx->cfg.large_bytes ? CO_ST_flush_large : CO_ST_flush_size;
+	ssize_t r;
+
+	co_stat_add(&ctx->stats, trigger, 1);
+	r = co__send_queue(ctx, fd, f, iov, iovcnt, total, flags & MSG_DONTWAIT);
+	if (r == -EAGAIN && total < ctx->cfg.large_bytes &&
+	    pending_len(&f->q) + total <= ctx->cfg.max_bytes &&
+	    pending_append(&f->q, &ctx->sys, iov, iovcnt, total) == 0) {
+		f->writes++;
+		r = (ssize_t)total;
+	}
+	co__sync_mark(ctx, fd, f);
+	return r;
+}
+
+/* Queues a write on a stream socket, or sends it with the queue. fd's lock
+ * is held. Returns what co_write returns. */
+static ssize_t stream_write(struct co_ctx *ctx, int fd, struct co_fd *f,
+			    const struct iovec *iov, int iovcnt, int flags, unsigned how)
+{
+	enum co_counter reason;
+	size_t total = 0;
+	int i, err;
+
+	if (f->deferred_err) {
+		err = f->deferred_err;
+		f->deferred_err = 0;
+		return -err;
+	}
+	for (i = 0; i < iovcnt; i++) {
+		if (iov[i].iov_len > SSIZE_MAX - total) {
+			total = (size_t)SSIZE_MAX + 1;
+			break;
+		}
+		total += iov[i].iov_len;
+	}
+	reason = unsupported(flags, how, iovcnt, total);
+	if (reason != CO_ST_COUNT) {
+		err = co__flush_locked(ctx, fd, f, CO_ST_flush_order, flags & MSG_DONTWAIT);
+		if (err)
+			return err;
+		co_stat_add(&ctx->stats, reason, 1);
+		return CO_PASSTHROUGH;
+	}
+	if (total == 0)
+		return 0;
+	if (total >= ctx->cfg.large_bytes || pending_len(&f->q) + total >= ctx->cfg.max_bytes)
+		return write_through(ctx, fd, f, iov, iovcnt, total, flags);
+	if (pending_append(&f->q, &ctx->sys, iov, iovcnt, total) < 0) {
+		err = co__flush_locked(ctx, fd, f, CO_ST_flush_order, flags & MSG_DONTWAIT);
+		if (err)
+			return err;
+		co_stat_add(&ctx->stats, CO_ST_passthrough_nomem, 1);
+		return CO_PASSTHROUGH;
+	}
+	f->writes++;
+	co__sync_mark(ctx, fd, f);
+	return (ssize_t)total;
+}
+
+ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt,
+		 int flags, unsigned how)
+{
+	struct co_fd *f;
+	ssize_t r;
+
+	f = co_fd_get(&ctx->fds, &ctx->sys, fd);
+	if (!f) {
+		if (fd >= 0)
+			co_stat_add(&ctx->stats, CO_ST_passthrough_fd_range, 1);
+		return CO_PASSTHROUGH;
+	}
+	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_PASS)
+		return CO_PASSTHROUGH;
+	pthread_mutex_lock(&f->lock);
+	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_UNKNOWN)
+		co__classify(ctx, fd, f);
+	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_STREAM)
+		r = stream_write(ctx, fd, f, iov, iovcnt, flags, how);
+	else
+		r = CO_PASSTHROUGH;
+	pthread_mutex_unlock(&f->lock);
+	return r;
+}

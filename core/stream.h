@@ -1,0 +1,85 @@
+/* Coalescing of writes on connected stream sockets: the interface the shim
+ * calls. Results are >= 0 or -errno, or CO_PASSTHROUGH. */
+#ifndef CO_STREAM_H
+#define CO_STREAM_H
+
+#include <stdatomic.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "ctx.h"
+
+/* "Not handled here: make the call to libc yourself." Whatever was queued on
+ * the fd has been sent first. Outside the range of -errno. */
+#define CO_PASSTHROUGH (-4096 - 1)
+
+/* What else a write call carries, besides bytes and flags. */
+#define CO_WRITE_ADDR 1u    /* a destination address */
+#define CO_WRITE_CONTROL 2u /* control data (SCM_RIGHTS...) */
+
+/* Returns 1 if fd is known to be one that is never coalesced: the fast path
+ * for pipes, files and everything else, without a lock. */
+static inline int co_fd_passes(struct co_ctx *ctx, int fd)
+{
+	struct co_fd *f = co_fd_find(&ctx->fds, fd);
+
+	return f && atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_PASS;
+}
+
+/* Handles one application write of the bytes in iov on fd. Small writes are
+ * copied into fd's queue; a large one, or one that fills the queue, goes out
+ * with the queue in one sendmsg. Returns the number of bytes taken, -errno
+ * (a deferred error of an earlier flush, or the kernel's), or CO_PASSTHROUGH. */
+ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt,
+		 int flags, unsigned how);
+
+/* Flushes every queue without blocking, skipping queues another thread holds.
+ * Costs one load when nothing is queued. trigger counts why. */
+void co_flush_all_nowait(struct co_ctx *ctx, enum co_counter trigger);
+
+static inline void co_flush_if_pending(struct co_ctx *ctx, enum co_counter trigger)
+{
+	if (atomic_load_explicit(&ctx->fds.pending_count, memory_order_relaxed) > 0)
+		co_flush_all_nowait(ctx, trigger);
+}
+
+/* Flushes every queue, waiting as a blocking write would on blocking sockets
+ * and at most the linger time on nonblocking ones; what still cannot be sent
+ * is dropped and counted. For exit, fork and exec. */
+void co_flush_all_final(struct co_ctx *ctx, enum co_counter trigger);
+
+/* Before an operation that must come after fd's queued bytes (shutdown,
+ * sendfile, setsockopt...): sends the queue as a write on fd would. If
+ * stop_reason is not CO_ST_COUNT, fd is no longer coalesced from now on and
+ * stop_reason is counted. Returns 0, or -errno (-EAGAIN for a full
+ * nonblocking socket), in which case the operation must not be made. */
+int co_flush_before(struct co_ctx *ctx, int fd, enum co_counter trigger,
+		    enum co_counter stop_reason);
+
+/* Called before close(fd): sends what is queued (waiting as for exit), then
+ * forgets fd. Returns the entry, still locked, so that no other thread can
+ * queue on fd until co_close_end, called after the real close; or NULL. */
+struct co_fd *co_close_begin(struct co_ctx *ctx, int fd);
+void co_close_end(struct co_fd *f);
+
+/* fd now names a new file (socket, accept, dup target): forgets what was
+ * known of the old one. Bytes still queued for it cannot be sent anywhere
+ * and are dropped and counted. */
+void co_fd_forget(struct co_ctx *ctx, int fd);
+
+/* From now on fd is never coalesced, until it is closed or forgotten;
+ * counted as reason if it was a socket that could have been. Its queue must
+ * have been sent first. */
+void co_fd_stop(struct co_ctx *ctx, int fd, enum co_counter reason);
+
+/* One round of the deadline flusher: flushes, without blocking, each queue
+ * whose deadline has passed. Fills stalled (at most max) with fds whose
+ * socket was full. Returns the earliest deadline still ahead, or 0 if none. */
+uint64_t co_flush_due(struct co_ctx *ctx, uint64_t now, int *stalled, int max,
+		      int *nstalled);
+
+/* In the child after fork: the parent owns every queued byte; the child
+ * starts with empty queues and fresh locks. */
+void co_after_fork_child(struct co_ctx *ctx);
+
+#endif

@@ -1,0 +1,32 @@
+/* The system calls core needs, as a table of function pointers.
+ *
+ * core never calls libc I/O itself: the shim fills this table with the real
+ * libc functions (wrapped so that they return -errno), and the unit tests fill
+ * it with fakes. Every function returns a non-negative result or -errno. */
+#ifndef CO_SYS_H
+#define CO_SYS_H
+
+#include <poll.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+struct co_sys {
+	ssize_t (*sendmsg)(int fd, const struct msghdr *msg, int flags);
+	ssize_t (*writev)(int fd, const struct iovec *iov, int iovcnt);
+	int (*getsockopt)(int fd, int level, int name, void *val, socklen_t *len);
+	int (*getpeername)(int fd, struct sockaddr *addr, socklen_t *len);
+	int (*fcntl_getfl)(int fd);
+	int (*poll)(struct pollfd *fds, nfds_t nfds, int timeout_ms);
+	/* Monotonic time in nanoseconds. */
+	uint64_t (*now_ns)(void);
+	/* Writes a diagnostic line (the log destination). */
+	void (*log_write)(const char *buf, size_t len);
+	void *(*alloc)(size_t size);
+	void *(*realloc)(void *ptr, size_t size);
+	void (*free)(void *ptr);
+};
+
+#endif

@@ -1,0 +1,82 @@
+#!/bin/sh
+# Runs every test: the unit tests of core (plain, ASan+UBSan, TSan), the
+# integration tests under the shim (plain build, and ASan+UBSan build), and
+# the real-application tests. A test exits 0 (passed), 77 (skipped, with its
+# reason on stdout) or anything else (failed). Prints one line per test and
+# a closing "N passed, N failed, N skipped".
+#
+# Usage: scripts/run-tests.sh [BUILD_DIR]   (default: build)
+#        TESTS=pattern limits the run to tests whose name matches.
+set -u
+
+build=${1:-build}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root" || exit 1
+build=$(cd "$build" && pwd) || exit 1
+pattern=${TESTS:-}
+passed=0 failed=0 skipped=0
+failures=""
+log_dir="$build/test-logs"
+mkdir -p "$log_dir"
+
+# run NAME TIMEOUT_S COMMAND...: runs one test, output kept in its log file.
+run() {
+	name=$1 limit=$2
+	shift 2
+	case "$name" in *"$pattern"*) ;; *) return ;; esac
+	log="$log_dir/$(echo "$name" | tr '/ ' '__').log"
+	timeout -k 5 "$limit" "$@" >"$log" 2>&1
+	rc=$?
+	case $rc in
+	0) passed=$((passed + 1)); echo "PASS  $name" ;;
+	77) skipped=$((skipped + 1)); echo "SKIP  $name ($(grep -m1 -i 'skipped' "$log" || echo 'no reason given'))" ;;
+	*)
+		failed=$((failed + 1)); failures="$failures $name"
+		[ $rc -eq 124 ] && echo "FAIL  $name (timed out after ${limit}s)" || echo "FAIL  $name (exit $rc)"
+		tail -n 30 "$log" | sed 's/^/      | /'
+		;;
+	esac
+}
+
+lib="$build/libcoalesce.so"
+asan_rt=$(cc -print-file-name=libasan.so)
+
+for san in plain asan tsan; do
+	for t in "$build"/unit-$san/test_*; do
+		[ -x "$t" ] || continue
+		# TSan needs a fixed address layout on kernels with many mmap random bits.
+		if [ $san = tsan ]; then
+			run "unit/$san/$(basename "$t")" 120 setarch "$(uname -m)" -R "$t"
+		else
+			run "unit/$san/$(basename "$t")" 120 "$t"
+		fi
+	done
+done
+
+for t in "$build"/tests/integration/*; do
+	[ -x "$t" ] || continue
+	COALESCE_LIB="$lib" run "integration/$(basename "$t")" 120 "$t"
+done
+
+# The same integration tests with the shim built with ASan+UBSan. The
+# runtime must come first in LD_PRELOAD; leaks in the (uninstrumented)
+# test programs themselves are not ours to report.
+if [ -f "$build/asan/libcoalesce.so" ]; then
+	for t in "$build"/tests/integration/*; do
+		[ -x "$t" ] || continue
+		COALESCE_LIB="$asan_rt $build/asan/libcoalesce.so" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
+		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+			run "integration-asan/$(basename "$t")" 180 "$t"
+	done
+fi
+
+for t in tests/apps/*.sh; do
+	[ -f "$t" ] || continue
+	COALESCE_LIB="$lib" run "apps/$(basename "$t" .sh)" 300 sh "$t"
+done
+
+echo
+[ -n "$failures" ] && echo "failed:$failures"
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,257 @@
+/* Calls that close an fd, give it a new meaning, or must come after its
+ * queued bytes. */
+#include <fcntl.h>
+#include <stdarg.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "shim.h"
+
+/* Sends fd's queue before an operation on it that must follow the bytes, as
+ * a write would (blocking on a blocking socket). Returns 0, or -1 with errno
+ * set (EAGAIN on a full nonblocking socket) when the operation must not be
+ * made now. */
+static int flush_first(int fd, enum co_counter stop_reason)
+{
+	int r;
+
+	if (!co_shim_on || co_fd_passes(&co_shim_ctx, fd))
+		return 0;
+	r = co_flush_before(&co_shim_ctx, fd, CO_ST_flush_order, stop_reason);
+	return (int)co_shim_result(r, MSG_NOSIGNAL);
+}
+
+/* As flush_first, for operations that cannot report EAGAIN: bytes still
+ * queued on a full nonblocking socket wait at most the linger time. */
+static void drain_first(int fd, enum co_counter stop_reason)
+{
+	if (!co_shim_on || co_fd_passes(&co_shim_ctx, fd))
+		return;
+	co_close_end(co_close_begin(&co_shim_ctx, fd));
+	if (stop_reason != CO_ST_COUNT)
+		co_fd_stop(&co_shim_ctx, fd, stop_reason);
+}
+
+static void forget(int fd)
+{
+	if (co_shim_on && fd >= 0)
+		co_fd_forget(&co_shim_ctx, fd);
+}
+
+CO_HOOK int close(int fd)
+{
+	struct co_fd *f;
+	int r;
+
+	if (!co_shim_on)
+		return REAL(close)(fd);
+	f = co_close_begin(&co_shim_ctx, fd);
+	r = REAL(close)(fd);
+	co_close_end(f);
+	return r;
+}
+
+CO_HOOK int __close(int fd) __attribute__((alias("close")));
+
+static void close_one(int fd, struct co_fd *f, void *arg)
+{
+	(void)arg;
+	if (atomic_load(&f->kind) != CO_FD_UNKNOWN || pending_len(&f->q))
+		co_close_end(co_close_begin(&co_shim_ctx, fd));
+}
+
+CO_HOOK int close_range(unsigned int first, unsigned int last, int flags)
+{
+	if (!REAL(close_range)) {
+		errno = ENOSYS;
+		return -1;
+	}
+	if (co_shim_on && !(flags & CLOSE_RANGE_CLOEXEC) && first <= last)
+		co_fd_each(&co_shim_ctx.fds, first, last, close_one, NULL);
+	return REAL(close_range)(first, last, flags);
+}
+
+CO_HOOK void closefrom(int lowfd)
+{
+	if (co_shim_on && lowfd >= 0)
+		co_fd_each(&co_shim_ctx.fds, (unsigned)lowfd, ~0u, close_one, NULL);
+	REAL(closefrom)(lowfd);
+}
+
+CO_HOOK int shutdown(int fd, int how)
+{
+	if (how == SHUT_WR || how == SHUT_RDWR)
+		drain_first(fd, CO_ST_passthrough_shutdown);
+	return REAL(shutdown)(fd, how);
+}
+
+CO_HOOK int dup(int oldfd)
+{
+	int r;
+
+	drain_first(oldfd, CO_ST_passthrough_dup);
+	r = REAL(dup)(oldfd);
+	if (r >= 0 && co_shim_on)
+		co_fd_stop(&co_shim_ctx, r, CO_ST_passthrough_dup);
+	return r;
+}
+
+/* dup2 and dup3 close newfd first: its queue goes out before. */
+static int dup_onto(int oldfd, int newfd, int flags, int use_dup3)
+{
+	struct co_fd *f;
+	int r;
+
+	if (!co_shim_on)
+		return use_dup3 ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
+	if (oldfd != newfd)
+		drain_first(oldfd, CO_ST_passthrough_dup);
+	f = oldfd != newfd ? co_close_begin(&co_shim_ctx, newfd) : NULL;
+	r = use_dup3 ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
+	co_close_end(f);
+	if (r >= 0 && oldfd != newfd)
+		co_fd_stop(&co_shim_ctx, newfd, CO_ST_passthrough_dup);
+	return r;
+}
+
+CO_HOOK int dup2(int oldfd, int newfd)
+{
+	return dup_onto(oldfd, newfd, 0, 0);
+}
+
+CO_HOOK int dup3(int oldfd, int newfd, int flags)
+{
+	return dup_onto(oldfd, newfd, flags, 1);
+}
+
+/* Handles what fcntl does to the fd table; arg is the call's third argument. */
+static int fcntl_common(int fd, int cmd, void *arg, int (*real)(int, int, ...))
+{
+	int r;
+
+	if (!co_shim_on)
+		return real(fd, cmd, arg);
+	switch (cmd) {
+	case F_DUPFD:
+	case F_DUPFD_CLOEXEC:
+		drain_first(fd, CO_ST_passthrough_dup);
+		r = real(fd, cmd, arg);
+		if (r >= 0)
+			co_fd_stop(&co_shim_ctx, r, CO_ST_passthrough_dup);
+		return r;
+	case F_SETFL: {
+		int saved = errno;
+
+		flush_first(fd, CO_ST_COUNT);
+		errno = saved;
+		return real(fd, cmd, arg);
+	}
+	default:
+		return real(fd, cmd, arg);
+	}
+}
+
+CO_HOOK int fcntl(int fd, int cmd, ...)
+{
+	va_list ap;
+	void *arg;
+
+	va_start(ap, cmd);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	return fcntl_common(fd, cmd, arg, REAL(fcntl));
+}
+
+CO_HOOK int fcntl64(int fd, int cmd, ...)
+{
+	va_list ap;
+	void *arg;
+
+	va_start(ap, cmd);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	return fcntl_common(fd, cmd, arg, REAL(fcntl64));
+}
+
+CO_HOOK int ioctl(int fd, unsigned long request, ...)
+{
+	va_list ap;
+	void *arg;
+
+	va_start(ap, request);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	if (request == FIONBIO) {
+		int saved = errno;
+
+		flush_first(fd, CO_ST_COUNT);
+		errno = saved;
+	}
+	return REAL(ioctl)(fd, request, arg);
+}
+
+CO_HOOK int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
+{
+	int saved = errno;
+
+	flush_first(fd, CO_ST_COUNT);
+	errno = saved;
+	return REAL(setsockopt)(fd, level, name, val, len);
+}
+
+CO_HOOK ssize_t sendfile(int out_fd, int in_fd, off_t *offset, size_t count)
+{
+	if (flush_first(out_fd, CO_ST_COUNT) < 0)
+		return -1;
+	return REAL(sendfile)(out_fd, in_fd, offset, count);
+}
+
+CO_HOOK ssize_t sendfile64(int out_fd, int in_fd, off_t *offset, size_t count)
+{
+	if (flush_first(out_fd, CO_ST_COUNT) < 0)
+		return -1;
+	return REAL(sendfile64)(out_fd, in_fd, offset, count);
+}
+
+CO_HOOK ssize_t splice(int fd_in, loff_t *off_in, int fd_out, loff_t *off_out, size_t len,
+		       unsigned int flags)
+{
+	if (flush_first(fd_out, CO_ST_COUNT) < 0)
+		return -1;
+	return REAL(splice)(fd_in, off_in, fd_out, off_out, len, flags);
+}
+
+CO_HOOK ssize_t copy_file_range(int fd_in, loff_t *off_in, int fd_out, loff_t *off_out,
+				size_t len, unsigned int flags)
+{
+	if (flush_first(fd_out, CO_ST_COUNT) < 0)
+		return -1;
+	return REAL(copy_file_range)(fd_in, off_in, fd_out, off_out, len, flags);
+}
+
+CO_HOOK int socket(int domain, int type, int protocol)
+{
+	int r = REAL(socket)(domain, type, protocol);
+
+	forget(r);
+	return r;
+}
+
+CO_HOOK int socketpair(int domain, int type, int protocol, int sv[2])
+{
+	int r = REAL(socketpair)(domain, type, protocol, sv);
+
+	if (r == 0) {
+		forget(sv[0]);
+		forget(sv[1]);
+	}
+	return r;
+}
+
+/* stdio writes through glibc's internal write, which the shim cannot see:
+ * from here on this fd is not coalesced. */
+CO_HOOK FILE *fdopen(int fd, const char *mode)
+{
+	drain_first(fd, CO_ST_passthrough_stdio);
+	return REAL(fdopen)(fd, mode);
+}

@@ -1,0 +1,183 @@
+/* Calls that may block waiting for a peer: every queue of the process is
+ * flushed first, since the answer the caller waits for may depend on bytes
+ * queued on any fd (a client waiting for its reply, a proxy waiting on the
+ * other side). When nothing is queued this costs one load.
+ *
+ * Reads flush whatever their flags; waits (poll, select, epoll) only when
+ * their timeout is not zero, since a zero-timeout wait cannot block and
+ * flushing there would only cost batching. */
+#include <unistd.h>
+
+#include "shim.h"
+
+static inline void flush_before_read(void)
+{
+	if (co_shim_on)
+		co_flush_if_pending(&co_shim_ctx, CO_ST_flush_read);
+}
+
+static inline void flush_before_wait(int may_block)
+{
+	if (co_shim_on && may_block)
+		co_flush_if_pending(&co_shim_ctx, CO_ST_flush_wait);
+}
+
+static int timespec_may_block(const struct timespec *ts)
+{
+	return !ts || ts->tv_sec || ts->tv_nsec;
+}
+
+CO_HOOK ssize_t read(int fd, void *buf, size_t len)
+{
+	flush_before_read();
+	return REAL(read)(fd, buf, len);
+}
+
+CO_HOOK ssize_t __read(int fd, void *buf, size_t len) __attribute__((alias("read")));
+
+CO_HOOK ssize_t __read_chk(int fd, void *buf, size_t len, size_t buflen)
+{
+	flush_before_read();
+	return REAL(__read_chk)(fd, buf, len, buflen);
+}
+
+CO_HOOK ssize_t readv(int fd, const struct iovec *iov, int iovcnt)
+{
+	flush_before_read();
+	return REAL(readv)(fd, iov, iovcnt);
+}
+
+CO_HOOK ssize_t recv(int fd, void *buf, size_t len, int flags)
+{
+	flush_before_read();
+	return REAL(recv)(fd, buf, len, flags);
+}
+
+CO_HOOK ssize_t __recv_chk(int fd, void *buf, size_t len, size_t buflen, int flags)
+{
+	flush_before_read();
+	return REAL(__recv_chk)(fd, buf, len, buflen, flags);
+}
+
+CO_HOOK ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *addr,
+			 socklen_t *addrlen)
+{
+	flush_before_read();
+	return REAL(recvfrom)(fd, buf, len, flags, addr, addrlen);
+}
+
+CO_HOOK ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int flags,
+			       struct sockaddr *addr, socklen_t *addrlen)
+{
+	flush_before_read();
+	return REAL(__recvfrom_chk)(fd, buf, len, buflen, flags, addr, addrlen);
+}
+
+CO_HOOK ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
+{
+	flush_before_read();
+	return REAL(recvmsg)(fd, msg, flags);
+}
+
+CO_HOOK int recvmmsg(int fd, struct mmsghdr *msgs, unsigned int vlen, int flags,
+		     struct timespec *timeout)
+{
+	flush_before_read();
+	return REAL(recvmmsg)(fd, msgs, vlen, flags, timeout);
+}
+
+CO_HOOK int poll(struct pollfd *fds, nfds_t nfds, int timeout)
+{
+	flush_before_wait(timeout != 0);
+	return REAL(poll)(fds, nfds, timeout);
+}
+
+CO_HOOK int __poll(struct pollfd *fds, nfds_t nfds, int timeout) __attribute__((alias("poll")));
+
+CO_HOOK int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen)
+{
+	flush_before_wait(timeout != 0);
+	return REAL(__poll_chk)(fds, nfds, timeout, fdslen);
+}
+
+CO_HOOK int ppoll(struct pollfd *fds, nfds_t nfds, const struct timespec *timeout,
+		  const sigset_t *sigmask)
+{
+	flush_before_wait(timespec_may_block(timeout));
+	return REAL(ppoll)(fds, nfds, timeout, sigmask);
+}
+
+CO_HOOK int __ppoll_chk(struct pollfd *fds, nfds_t nfds, const struct timespec *timeout,
+			const sigset_t *sigmask, size_t fdslen)
+{
+	flush_before_wait(timespec_may_block(timeout));
+	return REAL(__ppoll_chk)(fds, nfds, timeout, sigmask, fdslen);
+}
+
+CO_HOOK int select(int nfds, fd_set *rfds, fd_set *wfds, fd_set *efds, struct timeval *timeout)
+{
+	flush_before_wait(!timeout || timeout->tv_sec || timeout->tv_usec);
+	return REAL(select)(nfds, rfds, wfds, efds, timeout);
+}
+
+CO_HOOK int pselect(int nfds, fd_set *rfds, fd_set *wfds, fd_set *efds,
+		    const struct timespec *timeout, const sigset_t *sigmask)
+{
+	flush_before_wait(timespec_may_block(timeout));
+	return REAL(pselect)(nfds, rfds, wfds, efds, timeout, sigmask);
+}
+
+CO_HOOK int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
+{
+	flush_before_wait(timeout != 0);
+	return REAL(epoll_wait)(epfd, events, maxevents, timeout);
+}
+
+CO_HOOK int epoll_pwait(int epfd, struct epoll_event *events, int maxevents, int timeout,
+			const sigset_t *sigmask)
+{
+	flush_before_wait(timeout != 0);
+	return REAL(epoll_pwait)(epfd, events, maxevents, timeout, sigmask);
+}
+
+CO_HOOK int epoll_pwait2(int epfd, struct epoll_event *events, int maxevents,
+			 const struct timespec *timeout, const sigset_t *sigmask)
+{
+	flush_before_wait(timespec_may_block(timeout));
+	if (!REAL(epoll_pwait2)) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return REAL(epoll_pwait2)(epfd, events, maxevents, timeout, sigmask);
+}
+
+CO_HOOK int accept(int fd, struct sockaddr *addr, socklen_t *addrlen)
+{
+	int r;
+
+	flush_before_wait(1);
+	r = REAL(accept)(fd, addr, addrlen);
+	if (r >= 0 && co_shim_on)
+		co_fd_forget(&co_shim_ctx, r);
+	return r;
+}
+
+CO_HOOK int accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags)
+{
+	int r;
+
+	flush_before_wait(1);
+	r = REAL(accept4)(fd, addr, addrlen, flags);
+	if (r >= 0 && co_shim_on)
+		co_fd_forget(&co_shim_ctx, r);
+	return r;
+}
+
+CO_HOOK int connect(int fd, const struct sockaddr *addr, socklen_t addrlen)
+{
+	flush_before_wait(1);
+	return REAL(connect)(fd, addr, addrlen);
+}
+
+CO_HOOK int __connect(int fd, const struct sockaddr *addr, socklen_t addrlen)
+	__attribute__((alias("connect")));

@@ -1,0 +1,224 @@
+/* The shim's process-wide state: the system call table given to core, the
+ * constructor and destructor, fork handling and the statistics file. */
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shim.h"
+
+struct co_ctx co_shim_ctx;
+int co_shim_on;
+pid_t co_shim_pid;
+static int co_shim_log_fd = 2;
+
+/* Each adapter keeps the application's errno and returns -errno. */
+#define CO_KEEP_ERRNO(call)                                                    \
+	do {                                                                   \
+		int saved_ = errno;                                            \
+		long r_ = (long)(call);                                        \
+		if (r_ < 0)                                                    \
+			r_ = -errno;                                           \
+		errno = saved_;                                                \
+		return r_;                                                     \
+	} while (0)
+
+static ssize_t sys_sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+	CO_KEEP_ERRNO(REAL(sendmsg)(fd, msg, flags));
+}
+
+static ssize_t sys_writev(int fd, const struct iovec *iov, int iovcnt)
+{
+	CO_KEEP_ERRNO(REAL(writev)(fd, iov, iovcnt));
+}
+
+static int sys_getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+{
+	CO_KEEP_ERRNO(REAL(getsockopt)(fd, level, name, val, len));
+}
+
+static int sys_getpeername(int fd, struct sockaddr *addr, socklen_t *len)
+{
+	CO_KEEP_ERRNO(REAL(getpeername)(fd, addr, len));
+}
+
+static int sys_fcntl_getfl(int fd)
+{
+	CO_KEEP_ERRNO(REAL(fcntl)(fd, F_GETFL));
+}
+
+static int sys_poll(struct pollfd *fds, nfds_t nfds, int timeout_ms)
+{
+	CO_KEEP_ERRNO(REAL(poll)(fds, nfds, timeout_ms));
+}
+
+static uint64_t sys_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void sys_log_write(const char *buf, size_t len)
+{
+	int saved = errno;
+
+	REAL(write)(co_shim_log_fd, buf, len);
+	errno = saved;
+}
+
+static void *sys_alloc(size_t size)
+{
+	int saved = errno;
+	void *p = malloc(size);
+
+	errno = saved;
+	return p;
+}
+
+static void *sys_realloc(void *ptr, size_t size)
+{
+	int saved = errno;
+	void *p = realloc(ptr, size);
+
+	errno = saved;
+	return p;
+}
+
+static void sys_free(void *ptr)
+{
+	int saved = errno;
+
+	free(ptr);
+	errno = saved;
+}
+
+static const struct co_sys co_shim_sys = {
+	.sendmsg = sys_sendmsg,
+	.writev = sys_writev,
+	.getsockopt = sys_getsockopt,
+	.getpeername = sys_getpeername,
+	.fcntl_getfl = sys_fcntl_getfl,
+	.poll = sys_poll,
+	.now_ns = sys_now_ns,
+	.log_write = sys_log_write,
+	.alloc = sys_alloc,
+	.realloc = sys_realloc,
+	.free = sys_free,
+};
+
+static const char *env_lookup(const char *name)
+{
+	return getenv(name);
+}
+
+static void report_to_stderr(const char *msg)
+{
+	REAL(write)(2, msg, strlen(msg));
+}
+
+int co_shim_in_vfork_child(void)
+{
+	return getpid() != co_shim_pid;
+}
+
+static void before_fork(void)
+{
+	if (co_shim_on)
+		co_flush_all_final(&co_shim_ctx, CO_ST_flush_fork);
+}
+
+static void in_fork_child(void)
+{
+	co_shim_pid = getpid();
+	co_after_fork_child(&co_shim_ctx);
+	co_flusher_after_fork_child();
+}
+
+/* Replaces each "%p" in pattern with the pid. Returns 0, or -1 if too long. */
+static int expand_path(const char *pattern, char *out, size_t size)
+{
+	size_t len = 0;
+	int n;
+
+	for (; *pattern; pattern++) {
+		if (pattern[0] == '%' && pattern[1] == 'p') {
+			n = snprintf(out + len, size - len, "%ld", (long)getpid());
+			if (n < 0 || (size_t)n >= size - len)
+				return -1;
+			len += (size_t)n;
+			pattern++;
+			continue;
+		}
+		if (len + 1 >= size)
+			return -1;
+		out[len++] = *pattern;
+	}
+	out[len] = '\0';
+	return 0;
+}
+
+void co_shim_write_stats(void)
+{
+	char path[4096], buf[4096];
+	size_t len;
+	int fd, saved = errno;
+
+	if (!co_shim_ctx.cfg.stats_path)
+		return;
+	if (expand_path(co_shim_ctx.cfg.stats_path, path, sizeof(path)) < 0) {
+		co_log(&co_shim_ctx, CO_LOG_ERROR, "COALESCE_STATS path too long");
+		return;
+	}
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		co_log(&co_shim_ctx, CO_LOG_ERROR, "cannot write statistics to %s: %s", path,
+		       strerror(errno));
+		errno = saved;
+		return;
+	}
+	len = co_stats_format(&co_shim_ctx.stats, (long)getpid(), buf, sizeof(buf));
+	REAL(write)(fd, buf, len);
+	REAL(close)(fd);
+	errno = saved;
+}
+
+__attribute__((constructor(101))) static void co_shim_init(void)
+{
+	struct co_config cfg;
+	int saved = errno;
+
+	co_real_resolve();
+	co_config_load(&cfg, env_lookup, report_to_stderr);
+	if (cfg.log_file) {
+		int fd = open(cfg.log_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+
+		if (fd >= 0)
+			co_shim_log_fd = fd;
+	}
+	co_ctx_init(&co_shim_ctx, &co_shim_sys, &cfg);
+	co_shim_ctx.on_pending = co_flusher_notify;
+	co_shim_pid = getpid();
+	pthread_atfork(before_fork, NULL, in_fork_child);
+	co_shim_on = !cfg.disabled;
+	co_log(&co_shim_ctx, CO_LOG_DEBUG, "loaded in pid %ld%s", (long)co_shim_pid,
+	       cfg.disabled ? " (disabled)" : "");
+	errno = saved;
+}
+
+__attribute__((destructor(101))) static void co_shim_fini(void)
+{
+	int saved = errno;
+
+	if (co_shim_on && !co_shim_in_vfork_child()) {
+		co_flush_all_final(&co_shim_ctx, CO_ST_flush_exit);
+		co_shim_on = 0;
+	}
+	co_shim_write_stats();
+	errno = saved;
+}
