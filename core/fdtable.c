@@ -3,6 +3,8 @@
 
 #include <string.h>
 
+__thread int co__held_fd = -1;
+
 void co_fdtable_init(struct co_fdtable *t)
 {
 	memset(t, 0, sizeof(*t));

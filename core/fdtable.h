@@ -4,8 +4,10 @@
 #ifndef CO_FDTABLE_H
 #define CO_FDTABLE_H
 
+#include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <time.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -24,8 +26,63 @@ struct co_fd {
 	int deferred_err;   /* errno of a failed deferred flush, reported on the next write. */
 	unsigned writes;    /* Application writes queued since the last flush syscall. */
 	uint64_t first_ns;  /* When the oldest queued byte was queued. */
+	int held_prev;      /* The holder's co__held_fd before it took this lock. */
 	struct co_pending q;
 };
+
+/* The fd whose lock this thread holds, or -1. A signal handler that calls
+ * back into the shim on that fd must not wait for its own thread: the lock
+ * functions below refuse with -EDEADLK instead. */
+extern __thread int co__held_fd __attribute__((tls_model("initial-exec")));
+
+static inline void co__took_fd(struct co_fd *f, int fd)
+{
+	f->held_prev = co__held_fd;
+	co__held_fd = fd;
+}
+
+/* Takes fd's lock. Returns 0, or -EDEADLK if this thread already holds it. */
+static inline int co__lock_fd(struct co_fd *f, int fd)
+{
+	if (co__held_fd == fd)
+		return -EDEADLK;
+	pthread_mutex_lock(&f->lock);
+	co__took_fd(f, fd);
+	return 0;
+}
+
+/* As co__lock_fd, but returns -EBUSY at once if another thread holds it. */
+static inline int co__trylock_fd(struct co_fd *f, int fd)
+{
+	if (co__held_fd == fd)
+		return -EDEADLK;
+	if (pthread_mutex_trylock(&f->lock) != 0)
+		return -EBUSY;
+	co__took_fd(f, fd);
+	return 0;
+}
+
+/* As co__lock_fd, but gives up with -ETIMEDOUT at deadline (CLOCK_MONOTONIC):
+ * at exit, a thread blocked in a send on a blocking socket must not hold up
+ * the whole process. */
+static inline int co__timedlock_fd(struct co_fd *f, int fd, uint64_t deadline_ns)
+{
+	struct timespec ts = { .tv_sec = (time_t)(deadline_ns / 1000000000u),
+			       .tv_nsec = (long)(deadline_ns % 1000000000u) };
+
+	if (co__held_fd == fd)
+		return -EDEADLK;
+	if (pthread_mutex_clocklock(&f->lock, CLOCK_MONOTONIC, &ts) != 0)
+		return -ETIMEDOUT;
+	co__took_fd(f, fd);
+	return 0;
+}
+
+static inline void co__unlock_fd(struct co_fd *f)
+{
+	co__held_fd = f->held_prev;
+	pthread_mutex_unlock(&f->lock);
+}
 
 #define CO_FD_CHUNK_BITS 10
 #define CO_FD_CHUNK_SIZE (1 << CO_FD_CHUNK_BITS)

@@ -21,10 +21,10 @@ static void flush_one_nowait(int fd, void *argp)
 	struct flush_arg *arg = argp;
 	struct co_fd *f = co_fd_find(&arg->ctx->fds, fd);
 
-	if (!f || pthread_mutex_trylock(&f->lock) != 0)
+	if (!f || co__trylock_fd(f, fd) != 0)
 		return;
 	co__flush_locked(arg->ctx, fd, f, arg->trigger, MSG_DONTWAIT);
-	pthread_mutex_unlock(&f->lock);
+	co__unlock_fd(f);
 }
 
 void co_flush_all_nowait(struct co_ctx *ctx, enum co_counter trigger)
@@ -39,11 +39,12 @@ static void flush_one_final(int fd, void *argp)
 	struct flush_arg *arg = argp;
 	struct co_fd *f = co_fd_find(&arg->ctx->fds, fd);
 
-	if (!f)
+	uint64_t deadline = arg->now + arg->ctx->cfg.linger_ns;
+
+	if (!f || co__timedlock_fd(f, fd, deadline) != 0)
 		return;
-	pthread_mutex_lock(&f->lock);
-	co__drain_locked(arg->ctx, fd, f, arg->trigger, arg->now + arg->ctx->cfg.linger_ns);
-	pthread_mutex_unlock(&f->lock);
+	co__drain_locked(arg->ctx, fd, f, arg->trigger, deadline);
+	co__unlock_fd(f);
 }
 
 void co_flush_all_final(struct co_ctx *ctx, enum co_counter trigger)
@@ -56,22 +57,15 @@ void co_flush_all_final(struct co_ctx *ctx, enum co_counter trigger)
 	co_fd_each_pending(&ctx->fds, flush_one_final, &arg);
 }
 
-int co_flush_before(struct co_ctx *ctx, int fd, enum co_counter trigger,
-		    enum co_counter stop_reason)
+int co_flush_before(struct co_ctx *ctx, int fd, enum co_counter trigger, int flags)
 {
 	struct co_fd *f = co_fd_find(&ctx->fds, fd);
 	int r;
 
-	if (!f || atomic_load(&f->kind) != CO_FD_STREAM)
+	if (!f || atomic_load(&f->kind) != CO_FD_STREAM || co__lock_fd(f, fd) != 0)
 		return 0;
-	pthread_mutex_lock(&f->lock);
-	r = co__flush_locked(ctx, fd, f, trigger, 0);
-	if (r == 0 && stop_reason != CO_ST_COUNT &&
-	    atomic_load(&f->kind) == CO_FD_STREAM) {
-		atomic_store(&f->kind, CO_FD_PASS);
-		co_stat_add(&ctx->stats, stop_reason, 1);
-	}
-	pthread_mutex_unlock(&f->lock);
+	r = co__flush_locked(ctx, fd, f, trigger, flags);
+	co__unlock_fd(f);
 	return r == -EINTR || r == -EAGAIN ? r : 0;
 }
 
@@ -79,9 +73,8 @@ struct co_fd *co_close_begin(struct co_ctx *ctx, int fd)
 {
 	struct co_fd *f = co_fd_find(&ctx->fds, fd);
 
-	if (!f)
+	if (!f || co__lock_fd(f, fd) != 0)
 		return NULL;
-	pthread_mutex_lock(&f->lock);
 	if (pending_len(&f->q))
 		co__drain_locked(ctx, fd, f, CO_ST_flush_close,
 				 ctx->sys.now_ns() + ctx->cfg.linger_ns);
@@ -94,30 +87,29 @@ struct co_fd *co_close_begin(struct co_ctx *ctx, int fd)
 void co_close_end(struct co_fd *f)
 {
 	if (f)
-		pthread_mutex_unlock(&f->lock);
+		co__unlock_fd(f);
 }
 
 void co_fd_forget(struct co_ctx *ctx, int fd)
 {
 	struct co_fd *f = co_fd_find(&ctx->fds, fd);
 
-	if (!f || (atomic_load(&f->kind) == CO_FD_UNKNOWN && pending_len(&f->q) == 0))
+	if (!f || (atomic_load(&f->kind) == CO_FD_UNKNOWN && pending_len(&f->q) == 0) ||
+	    co__lock_fd(f, fd) != 0)
 		return;
-	pthread_mutex_lock(&f->lock);
 	co__discard_locked(ctx, fd, f);
 	pending_release(&f->q, &ctx->sys);
 	f->deferred_err = 0;
 	atomic_store(&f->kind, CO_FD_UNKNOWN);
-	pthread_mutex_unlock(&f->lock);
+	co__unlock_fd(f);
 }
 
 void co_fd_stop(struct co_ctx *ctx, int fd, enum co_counter reason)
 {
 	struct co_fd *f = co_fd_get(&ctx->fds, &ctx->sys, fd);
 
-	if (!f)
+	if (!f || co__lock_fd(f, fd) != 0)
 		return;
-	pthread_mutex_lock(&f->lock);
 	if (atomic_load(&f->kind) == CO_FD_UNKNOWN)
 		co__classify(ctx, fd, f);
 	if (atomic_load(&f->kind) != CO_FD_PASS) {
@@ -125,7 +117,7 @@ void co_fd_stop(struct co_ctx *ctx, int fd, enum co_counter reason)
 		atomic_store(&f->kind, CO_FD_PASS);
 		co_stat_add(&ctx->stats, reason, 1);
 	}
-	pthread_mutex_unlock(&f->lock);
+	co__unlock_fd(f);
 }
 
 static void flush_one_due(int fd, void *argp)
@@ -138,16 +130,17 @@ static void flush_one_due(int fd, void *argp)
 
 	if (!f)
 		return;
-	if (pthread_mutex_trylock(&f->lock) != 0) {
-		/* The owner is writing or flushing it; look again soon. */
-		due = arg->now + ctx->cfg.delay_ns / 4;
+	if (co__trylock_fd(f, fd) != 0) {
+		/* Its owner is writing or flushing it, which sends the queue or
+		 * keeps it short; look again after one delay. */
+		due = arg->now + ctx->cfg.delay_ns;
 		if (!arg->next || due < arg->next)
 			arg->next = due;
 		return;
 	}
 	if (pending_len(&f->q) == 0) {
 		co__sync_mark(ctx, fd, f);
-		pthread_mutex_unlock(&f->lock);
+		co__unlock_fd(f);
 		return;
 	}
 	due = f->first_ns + ctx->cfg.delay_ns;
@@ -158,7 +151,7 @@ static void flush_one_due(int fd, void *argp)
 	} else if (!arg->next || due < arg->next) {
 		arg->next = due;
 	}
-	pthread_mutex_unlock(&f->lock);
+	co__unlock_fd(f);
 }
 
 uint64_t co_flush_due(struct co_ctx *ctx, uint64_t now, int *stalled, int max,

@@ -37,6 +37,7 @@
 	X(passthrough_dup)                                                     \
 	X(passthrough_shutdown)                                                \
 	X(passthrough_fd_range)                                                \
+	X(passthrough_reentrant)                                               \
 	X(deferred_errors)                                                     \
 	X(bytes_dropped)
 

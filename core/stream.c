@@ -142,13 +142,17 @@ ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt
 	}
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_PASS)
 		return CO_PASSTHROUGH;
-	pthread_mutex_lock(&f->lock);
+	if (co__lock_fd(f, fd) != 0) {
+		/* A signal handler interrupted this thread inside the shim on fd. */
+		co_stat_add(&ctx->stats, CO_ST_passthrough_reentrant, 1);
+		return CO_PASSTHROUGH;
+	}
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_UNKNOWN)
 		co__classify(ctx, fd, f);
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_STREAM)
 		r = stream_write(ctx, fd, f, iov, iovcnt, flags, how);
 	else
 		r = CO_PASSTHROUGH;
-	pthread_mutex_unlock(&f->lock);
+	co__unlock_fd(f);
 	return r;
 }

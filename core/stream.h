@@ -48,13 +48,12 @@ static inline void co_flush_if_pending(struct co_ctx *ctx, enum co_counter trigg
  * is dropped and counted. For exit, fork and exec. */
 void co_flush_all_final(struct co_ctx *ctx, enum co_counter trigger);
 
-/* Before an operation that must come after fd's queued bytes (shutdown,
- * sendfile, setsockopt...): sends the queue as a write on fd would. If
- * stop_reason is not CO_ST_COUNT, fd is no longer coalesced from now on and
- * stop_reason is counted. Returns 0, or -errno (-EAGAIN for a full
- * nonblocking socket), in which case the operation must not be made. */
-int co_flush_before(struct co_ctx *ctx, int fd, enum co_counter trigger,
-		    enum co_counter stop_reason);
+/* Before an operation that must come after fd's queued bytes (sendfile,
+ * splice, setsockopt...): sends the queue as a write on fd with these flags
+ * (MSG_DONTWAIT or 0) would. Returns 0, or -EAGAIN / -EINTR when bytes are
+ * still queued, in which case an operation that must follow them must not
+ * be made now. */
+int co_flush_before(struct co_ctx *ctx, int fd, enum co_counter trigger, int flags);
 
 /* Called before close(fd): sends what is queued (waiting as for exit), then
  * forgets fd. Returns the entry, still locked, so that no other thread can

@@ -119,16 +119,15 @@ static void flusher_start(void)
 void co_flusher_notify(struct co_ctx *ctx)
 {
 	uint64_t one = 1;
-	int expected = 0;
+	int expected = 0, saved = errno;
 
 	(void)ctx;
 	if (atomic_load_explicit(&co_flusher_state, memory_order_relaxed) == 0 &&
-	    atomic_compare_exchange_strong(&co_flusher_state, &expected, 1)) {
+	    atomic_compare_exchange_strong(&co_flusher_state, &expected, 1))
 		flusher_start();
-		return;
-	}
-	if (atomic_load(&co_flusher_parked) && atomic_exchange(&co_flusher_parked, 0))
+	else if (atomic_load(&co_flusher_parked) && atomic_exchange(&co_flusher_parked, 0))
 		REAL(write)(co_flusher_wake_fd, &one, sizeof(one));
+	errno = saved;
 }
 
 void co_flusher_after_fork_child(void)

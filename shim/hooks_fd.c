@@ -11,14 +11,26 @@
  * a write would (blocking on a blocking socket). Returns 0, or -1 with errno
  * set (EAGAIN on a full nonblocking socket) when the operation must not be
  * made now. */
-static int flush_first(int fd, enum co_counter stop_reason)
+static int flush_first(int fd)
 {
 	int r;
 
 	if (!co_shim_on || co_fd_passes(&co_shim_ctx, fd))
 		return 0;
-	r = co_flush_before(&co_shim_ctx, fd, CO_ST_flush_order, stop_reason);
+	r = co_flush_before(&co_shim_ctx, fd, CO_ST_flush_order, 0);
 	return (int)co_shim_result(r, MSG_NOSIGNAL);
+}
+
+/* Before an operation that never blocks and need not follow the bytes, but
+ * changes how later ones go out (TCP_NODELAY, O_NONBLOCK...): sends what the
+ * socket takes now, keeping errno. */
+static void nudge(int fd)
+{
+	int saved = errno;
+
+	if (co_shim_on && !co_fd_passes(&co_shim_ctx, fd))
+		co_flush_before(&co_shim_ctx, fd, CO_ST_flush_order, MSG_DONTWAIT);
+	errno = saved;
 }
 
 /* As flush_first, for operations that cannot report EAGAIN: bytes still
@@ -139,13 +151,9 @@ static int fcntl_common(int fd, int cmd, void *arg, int (*real)(int, int, ...))
 		if (r >= 0)
 			co_fd_stop(&co_shim_ctx, r, CO_ST_passthrough_dup);
 		return r;
-	case F_SETFL: {
-		int saved = errno;
-
-		flush_first(fd, CO_ST_COUNT);
-		errno = saved;
+	case F_SETFL:
+		nudge(fd);
 		return real(fd, cmd, arg);
-	}
 	default:
 		return real(fd, cmd, arg);
 	}
@@ -181,34 +189,27 @@ CO_HOOK int ioctl(int fd, unsigned long request, ...)
 	va_start(ap, request);
 	arg = va_arg(ap, void *);
 	va_end(ap);
-	if (request == FIONBIO) {
-		int saved = errno;
-
-		flush_first(fd, CO_ST_COUNT);
-		errno = saved;
-	}
+	if (request == FIONBIO)
+		nudge(fd);
 	return REAL(ioctl)(fd, request, arg);
 }
 
 CO_HOOK int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
 {
-	int saved = errno;
-
-	flush_first(fd, CO_ST_COUNT);
-	errno = saved;
+	nudge(fd);
 	return REAL(setsockopt)(fd, level, name, val, len);
 }
 
 CO_HOOK ssize_t sendfile(int out_fd, int in_fd, off_t *offset, size_t count)
 {
-	if (flush_first(out_fd, CO_ST_COUNT) < 0)
+	if (flush_first(out_fd) < 0)
 		return -1;
 	return REAL(sendfile)(out_fd, in_fd, offset, count);
 }
 
 CO_HOOK ssize_t sendfile64(int out_fd, int in_fd, off_t *offset, size_t count)
 {
-	if (flush_first(out_fd, CO_ST_COUNT) < 0)
+	if (flush_first(out_fd) < 0)
 		return -1;
 	return REAL(sendfile64)(out_fd, in_fd, offset, count);
 }
@@ -216,7 +217,7 @@ CO_HOOK ssize_t sendfile64(int out_fd, int in_fd, off_t *offset, size_t count)
 CO_HOOK ssize_t splice(int fd_in, loff_t *off_in, int fd_out, loff_t *off_out, size_t len,
 		       unsigned int flags)
 {
-	if (flush_first(fd_out, CO_ST_COUNT) < 0)
+	if (flush_first(fd_out) < 0)
 		return -1;
 	return REAL(splice)(fd_in, off_in, fd_out, off_out, len, flags);
 }
@@ -224,7 +225,7 @@ CO_HOOK ssize_t splice(int fd_in, loff_t *off_in, int fd_out, loff_t *off_out, s
 CO_HOOK ssize_t copy_file_range(int fd_in, loff_t *off_in, int fd_out, loff_t *off_out,
 				size_t len, unsigned int flags)
 {
-	if (flush_first(fd_out, CO_ST_COUNT) < 0)
+	if (flush_first(fd_out) < 0)
 		return -1;
 	return REAL(copy_file_range)(fd_in, off_in, fd_out, off_out, len, flags);
 }

@@ -69,7 +69,7 @@ CO_HOOK int sendmmsg(int fd, struct mmsghdr *msgs, unsigned int vlen, int flags)
 	int r;
 
 	if (co_shim_on && !co_fd_passes(&co_shim_ctx, fd)) {
-		r = co_flush_before(&co_shim_ctx, fd, CO_ST_flush_order, CO_ST_COUNT);
+		r = co_flush_before(&co_shim_ctx, fd, CO_ST_flush_order, flags & MSG_DONTWAIT);
 		if (r < 0)
 			return (int)co_shim_result(r, flags);
 	}
