@@ -4,6 +4,7 @@
 #include <string.h>
 
 __thread int co__held_fd = -1;
+__thread unsigned co__wait_epoch;
 
 void co_fdtable_init(struct co_fdtable *t)
 {

@@ -27,6 +27,9 @@ struct co_fd {
 	unsigned writes;    /* Application writes queued since the last flush syscall. */
 	uint64_t first_ns;  /* When the oldest queued byte was queued. */
 	int held_prev;      /* The holder's co__held_fd before it took this lock. */
+	unsigned burst;     /* Writes in the current burst (see co_note_wait). */
+	unsigned burst_epoch; /* The writer's wait epoch when the burst began. */
+	unsigned char direct; /* The last burst was one write: send the next one at once. */
 	struct co_pending q;
 };
 
@@ -34,6 +37,15 @@ struct co_fd {
  * back into the shim on that fd must not wait for its own thread: the lock
  * functions below refuse with -EDEADLK instead. */
 extern __thread int co__held_fd __attribute__((tls_model("initial-exec")));
+
+/* Counts this thread's reads and waits. Writes on an fd between two of
+ * them form a burst; see stream_write. */
+extern __thread unsigned co__wait_epoch __attribute__((tls_model("initial-exec")));
+
+static inline void co_note_wait(void)
+{
+	co__wait_epoch++;
+}
 
 static inline void co__took_fd(struct co_fd *f, int fd)
 {

@@ -13,6 +13,7 @@
 	X(writes_queued)                                                       \
 	X(bytes_queued)                                                        \
 	X(writes_sent_along)                                                   \
+	X(writes_direct)                                                       \
 	X(flush_syscalls)                                                      \
 	X(flush_bytes)                                                         \
 	X(flush_eagain)                                                        \

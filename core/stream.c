@@ -83,6 +83,28 @@ static ssize_t write_through(struct co_ctx *ctx, int fd, struct co_fd *f,
 	return r;
 }
 
+/* Decides whether a write should skip the queue because it is alone.
+ *
+ * A request/response client writes a request, then waits for the answer;
+ * queueing that one write gains nothing and costs the deadline machinery.
+ * Writes on an fd between two reads or waits of the writing thread form a
+ * burst. When the previous burst was a single write, the first write of
+ * the next one is sent at once (the queue being empty); any further write in
+ * the same burst is queued. fd's lock is held. Returns 1 to send at once. */
+static int send_at_once(struct co_fd *f)
+{
+	unsigned epoch = co__wait_epoch;
+
+	if (f->burst_epoch != epoch || f->burst == 0) {
+		f->direct = f->burst <= 1;
+		f->burst = 0;
+		f->burst_epoch = epoch;
+	}
+	if (f->burst < UINT_MAX)
+		f->burst++;
+	return f->direct && f->burst == 1 && pending_len(&f->q) == 0;
+}
+
 /* Queues a write on a stream socket, or sends it with the queue. fd's lock
  * is held. Returns what co_write returns. */
 static ssize_t stream_write(struct co_ctx *ctx, int fd, struct co_fd *f,
@@ -114,6 +136,10 @@ static ssize_t stream_write(struct co_ctx *ctx, int fd, struct co_fd *f,
 	}
 	if (total == 0)
 		return 0;
+	if (send_at_once(f)) {
+		co_stat_add(&ctx->stats, CO_ST_writes_direct, 1);
+		return CO_PASSTHROUGH;
+	}
 	if (total >= ctx->cfg.large_bytes || pending_len(&f->q) + total >= ctx->cfg.max_bytes)
 		return write_through(ctx, fd, f, iov, iovcnt, total, flags);
 	if (pending_append(&f->q, &ctx->sys, iov, iovcnt, total) < 0) {

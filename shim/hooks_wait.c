@@ -12,12 +12,14 @@
 
 static inline void flush_before_read(void)
 {
+	co_note_wait();
 	if (co_shim_on)
 		co_flush_if_pending(&co_shim_ctx, CO_ST_flush_read);
 }
 
 static inline void flush_before_wait(int may_block)
 {
+	co_note_wait();
 	if (co_shim_on && may_block)
 		co_flush_if_pending(&co_shim_ctx, CO_ST_flush_wait);
 }

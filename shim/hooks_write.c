@@ -1,36 +1,60 @@
 /* The write side: write, send, sendto, sendmsg, writev and glibc's exported
- * aliases. A write on an fd known not to be coalesced costs one table
- * lookup before libc; the rest goes to core. */
+ * aliases. A write on an fd known not to be coalesced (a file, a pipe, a
+ * UDP socket...) costs one table lookup before libc: each hook tests that
+ * first and tail-calls libc, and keeps the rest out of line. */
 #include <unistd.h>
 
 #include "shim.h"
 
-/* Runs a write through core; falls back to libc when core says so. */
-#define CO_WRITE_THROUGH_CORE(fd, iov, iovcnt, flags, how, libc_call)             \
-	do {                                                                          \
-		ssize_t r_;                                                           \
-		if (!co_shim_on || co_fd_passes(&co_shim_ctx, fd))                   \
-			return libc_call;                                             \
-		r_ = co_write(&co_shim_ctx, fd, iov, iovcnt, flags, how);            \
-		if (r_ == CO_PASSTHROUGH)                                             \
-			return libc_call;                                             \
-		return co_shim_result(r_, flags);                                     \
-	} while (0)
+/* Returns 1 when fd's writes go straight to libc. */
+static inline int passes(int fd)
+{
+	return !co_shim_on || co_fd_passes(&co_shim_ctx, fd);
+}
+
+/* Hands a write to core; returns its result in the libc convention, or
+ * CO_PASSTHROUGH for the caller to make the libc call. */
+static __attribute__((noinline)) ssize_t through_core(int fd, const struct iovec *iov,
+						      int iovcnt, int flags, unsigned how)
+{
+	ssize_t r = co_write(&co_shim_ctx, fd, iov, iovcnt, flags, how);
+
+	return r == CO_PASSTHROUGH ? r : co_shim_result(r, flags);
+}
+
+static __attribute__((noinline)) ssize_t write_slow(int fd, const void *buf, size_t len,
+						    int flags)
+{
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+	ssize_t r = through_core(fd, &iov, 1, flags, 0);
+
+	if (r != CO_PASSTHROUGH)
+		return r;
+	return flags ? REAL(send)(fd, buf, len, flags) : REAL(write)(fd, buf, len);
+}
 
 CO_HOOK ssize_t write(int fd, const void *buf, size_t len)
 {
-	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
-
-	CO_WRITE_THROUGH_CORE(fd, &iov, 1, 0, 0, REAL(write)(fd, buf, len));
+	if (passes(fd))
+		return REAL(write)(fd, buf, len);
+	return write_slow(fd, buf, len, 0);
 }
 
 CO_HOOK ssize_t __write(int fd, const void *buf, size_t len) __attribute__((alias("write")));
 
 CO_HOOK ssize_t send(int fd, const void *buf, size_t len, int flags)
 {
-	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+	struct iovec iov;
+	ssize_t r;
 
-	CO_WRITE_THROUGH_CORE(fd, &iov, 1, flags, 0, REAL(send)(fd, buf, len, flags));
+	if (passes(fd))
+		return REAL(send)(fd, buf, len, flags);
+	if (flags == 0)
+		return write_slow(fd, buf, len, 0);
+	iov.iov_base = (void *)buf;
+	iov.iov_len = len;
+	r = through_core(fd, &iov, 1, flags, 0);
+	return r != CO_PASSTHROUGH ? r : REAL(send)(fd, buf, len, flags);
 }
 
 CO_HOOK ssize_t __send(int fd, const void *buf, size_t len, int flags)
@@ -40,26 +64,34 @@ CO_HOOK ssize_t sendto(int fd, const void *buf, size_t len, int flags,
 		       const struct sockaddr *addr, socklen_t addrlen)
 {
 	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+	ssize_t r;
 
-	CO_WRITE_THROUGH_CORE(fd, &iov, 1, flags, addr ? CO_WRITE_ADDR : 0,
-			      REAL(sendto)(fd, buf, len, flags, addr, addrlen));
+	if (passes(fd))
+		return REAL(sendto)(fd, buf, len, flags, addr, addrlen);
+	r = through_core(fd, &iov, 1, flags, addr ? CO_WRITE_ADDR : 0);
+	return r != CO_PASSTHROUGH ? r : REAL(sendto)(fd, buf, len, flags, addr, addrlen);
 }
 
 CO_HOOK ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
-	unsigned how;
+	ssize_t r;
 
-	if (!msg)
+	if (passes(fd) || !msg)
 		return REAL(sendmsg)(fd, msg, flags);
-	how = (msg->msg_name ? CO_WRITE_ADDR : 0) | (msg->msg_controllen ? CO_WRITE_CONTROL : 0);
-
-	CO_WRITE_THROUGH_CORE(fd, msg->msg_iov, (int)msg->msg_iovlen, flags, how,
-			      REAL(sendmsg)(fd, msg, flags));
+	r = through_core(fd, msg->msg_iov, (int)msg->msg_iovlen, flags,
+			 (msg->msg_name ? CO_WRITE_ADDR : 0) |
+				 (msg->msg_controllen ? CO_WRITE_CONTROL : 0));
+	return r != CO_PASSTHROUGH ? r : REAL(sendmsg)(fd, msg, flags);
 }
 
 CO_HOOK ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
 {
-	CO_WRITE_THROUGH_CORE(fd, iov, iovcnt, 0, 0, REAL(writev)(fd, iov, iovcnt));
+	ssize_t r;
+
+	if (passes(fd))
+		return REAL(writev)(fd, iov, iovcnt);
+	r = through_core(fd, iov, iovcnt, 0, 0);
+	return r != CO_PASSTHROUGH ? r : REAL(writev)(fd, iov, iovcnt);
 }
 
 /* sendmmsg on a stream socket is rare: send the queue first, then let libc
@@ -68,7 +100,7 @@ CO_HOOK int sendmmsg(int fd, struct mmsghdr *msgs, unsigned int vlen, int flags)
 {
 	int r;
 
-	if (co_shim_on && !co_fd_passes(&co_shim_ctx, fd)) {
+	if (!passes(fd)) {
 		r = co_flush_before(&co_shim_ctx, fd, CO_ST_flush_order, flags & MSG_DONTWAIT);
 		if (r < 0)
 			return (int)co_shim_result(r, flags);

@@ -58,8 +58,6 @@
 	X(int, fcntl64, (int, int, ...))                                                  \
 	X(int, ioctl, (int, unsigned long, ...))                                          \
 	X(int, setsockopt, (int, int, int, const void *, socklen_t))                      \
-	X(int, getsockopt, (int, int, int, void *, socklen_t *))                          \
-	X(int, getpeername, (int, struct sockaddr *, socklen_t *))                        \
 	X(ssize_t, sendfile, (int, int, off_t *, size_t))                                 \
 	X(ssize_t, sendfile64, (int, int, off_t *, size_t))                               \
 	X(ssize_t, splice, (int, loff_t *, int, loff_t *, size_t, unsigned int))          \
@@ -73,9 +71,15 @@
 	X(void, _exit, (int))                                                             \
 	X(void, _Exit, (int))
 
+/* Functions core needs that the shim does not interpose. */
+#define CO_REAL_HELPERS(X)                                                                \
+	X(int, getsockopt, (int, int, int, void *, socklen_t *))                          \
+	X(int, getpeername, (int, struct sockaddr *, socklen_t *))
+
 struct co_real {
 #define CO_REAL_FIELD(ret, name, params) ret(*name) params;
 	CO_REAL_FUNCTIONS(CO_REAL_FIELD)
+	CO_REAL_HELPERS(CO_REAL_FIELD)
 #undef CO_REAL_FIELD
 };
 
