@@ -13,7 +13,6 @@
 struct co_ctx co_shim_ctx;
 int co_shim_on;
 pid_t co_shim_pid;
-static int co_shim_log_fd = 2;
 
 /* Each adapter keeps the application's errno and returns -errno. */
 #define CO_KEEP_ERRNO(call)                                                    \
@@ -64,11 +63,18 @@ static uint64_t sys_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Logs to stderr, or appends to COALESCE_LOG_FILE, opened for each message
+ * so that the shim holds no fd the application could close or reuse. */
 static void sys_log_write(const char *buf, size_t len)
 {
-	int saved = errno;
+	int saved = errno, fd = 2;
 
-	REAL(write)(co_shim_log_fd, buf, len);
+	if (co_shim_ctx.cfg.log_file)
+		fd = open(co_shim_ctx.cfg.log_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	if (fd >= 0)
+		REAL(write)(fd, buf, len);
+	if (fd >= 0 && co_shim_ctx.cfg.log_file)
+		REAL(close)(fd);
 	errno = saved;
 }
 
@@ -195,12 +201,6 @@ __attribute__((constructor(101))) static void co_shim_init(void)
 
 	co_real_resolve();
 	co_config_load(&cfg, env_lookup, report_to_stderr);
-	if (cfg.log_file) {
-		int fd = open(cfg.log_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-
-		if (fd >= 0)
-			co_shim_log_fd = fd;
-	}
 	co_ctx_init(&co_shim_ctx, &co_shim_sys, &cfg);
 	co_shim_ctx.on_pending = co_flusher_notify;
 	co_shim_pid = getpid();
