@@ -14,6 +14,7 @@ struct co_config {
 	size_t large_bytes;     /* COALESCE_LARGE_BYTES: writes this big are not copied. */
 	uint64_t linger_ns;     /* COALESCE_LINGER_MS: how long close waits on a full nonblocking socket. */
 	enum co_log_level log_level; /* COALESCE_LOG */
+	/* These two point into the environment: copy them if it may change. */
 	const char *log_file;   /* COALESCE_LOG_FILE, or NULL for stderr. */
 	const char *stats_path; /* COALESCE_STATS, or NULL. */
 };

@@ -201,6 +201,12 @@ __attribute__((constructor(101))) static void co_shim_init(void)
 
 	co_real_resolve();
 	co_config_load(&cfg, env_lookup, report_to_stderr);
+	/* Programs rewrite the memory of their environment (setproctitle in
+	 * redis, nginx, postgres): keep copies of the strings. */
+	if (cfg.stats_path)
+		cfg.stats_path = strdup(cfg.stats_path);
+	if (cfg.log_file)
+		cfg.log_file = strdup(cfg.log_file);
 	co_ctx_init(&co_shim_ctx, &co_shim_sys, &cfg);
 	co_shim_ctx.on_pending = co_flusher_notify;
 	co_shim_pid = getpid();
