@@ -59,18 +59,19 @@ static int load_number(co_getenv_fn get, co_report_fn report, const char *name,
 	return 1;
 }
 
-static int load_flag(co_getenv_fn get, co_report_fn report, const char *name, int *out)
+static int load_flag(co_getenv_fn get, co_report_fn report, const char *name, int def,
+		     int *out)
 {
 	const char *text = get(name);
 
-	*out = 0;
-	if (!text || strcmp(text, "0") == 0 || *text == '\0')
+	*out = def;
+	if (!text || *text == '\0')
 		return 0;
-	if (strcmp(text, "1") == 0) {
-		*out = 1;
+	if (strcmp(text, "0") == 0 || strcmp(text, "1") == 0) {
+		*out = text[0] == '1';
 		return 0;
 	}
-	report_bad(report, name, text, "0 or 1", "0");
+	report_bad(report, name, text, "0 or 1", def ? "1" : "0");
 	return 1;
 }
 
@@ -105,7 +106,8 @@ int co_config_load(struct co_config *cfg, co_getenv_fn get, co_report_fn report)
 	unsigned long long delay_us, max_bytes, large_bytes, linger_ms;
 	int bad = 0;
 
-	bad += load_flag(get, report, "COALESCE_DISABLE", &cfg->disabled);
+	bad += load_flag(get, report, "COALESCE_DISABLE", 0, &cfg->disabled);
+	bad += load_flag(get, report, "COALESCE_DIRECT", 1, &cfg->direct);
 	bad += load_number(get, report, "COALESCE_DELAY_US", 1, 1000000,
 			   CO_DEFAULT_DELAY_US, &delay_us);
 	bad += load_number(get, report, "COALESCE_MAX_BYTES", 512, 16u << 20,

@@ -9,6 +9,7 @@ enum co_log_level { CO_LOG_OFF, CO_LOG_ERROR, CO_LOG_INFO, CO_LOG_DEBUG };
 
 struct co_config {
 	int disabled;           /* COALESCE_DISABLE: pure passthrough. */
+	int direct;             /* COALESCE_DIRECT: send a lone write at once. */
 	uint64_t delay_ns;      /* COALESCE_DELAY_US: longest time a byte stays queued. */
 	size_t max_bytes;       /* COALESCE_MAX_BYTES: queue size that triggers a flush. */
 	size_t large_bytes;     /* COALESCE_LARGE_BYTES: writes this big are not copied. */

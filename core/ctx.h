@@ -6,6 +6,7 @@
 
 #include "config.h"
 #include "fdtable.h"
+#include "sockmap.h"
 #include "stats.h"
 #include "sys.h"
 
@@ -16,6 +17,7 @@ struct co_ctx {
 	/* Called (fd lock held) each time a queue becomes non-empty, so that
 	 * the deadline gets enforced. Must be cheap: it runs once per batch. */
 	void (*on_pending)(struct co_ctx *ctx);
+	struct co_sockmap socks;
 	struct co_fdtable fds;
 };
 

@@ -79,6 +79,7 @@ struct co_fd *co_close_begin(struct co_ctx *ctx, int fd)
 		co__drain_locked(ctx, fd, f, CO_ST_flush_close,
 				 ctx->sys.now_ns() + ctx->cfg.linger_ns);
 	pending_release(&f->q, &ctx->sys);
+	co__release_id(ctx, fd, f);
 	f->deferred_err = 0;
 	atomic_store(&f->kind, CO_FD_UNKNOWN);
 	return f;
@@ -99,6 +100,7 @@ void co_fd_forget(struct co_ctx *ctx, int fd)
 		return;
 	co__discard_locked(ctx, fd, f);
 	pending_release(&f->q, &ctx->sys);
+	co__release_id(ctx, fd, f);
 	f->deferred_err = 0;
 	atomic_store(&f->kind, CO_FD_UNKNOWN);
 	co__unlock_fd(f);
@@ -108,16 +110,22 @@ void co_fd_stop(struct co_ctx *ctx, int fd, enum co_counter reason)
 {
 	struct co_fd *f = co_fd_get(&ctx->fds, &ctx->sys, fd);
 
+	int other = -1;
+
 	if (!f || co__lock_fd(f, fd) != 0)
 		return;
 	if (atomic_load(&f->kind) == CO_FD_UNKNOWN)
-		co__classify(ctx, fd, f);
+		other = co__classify(ctx, fd, f);
 	if (atomic_load(&f->kind) != CO_FD_PASS) {
-		co__discard_locked(ctx, fd, f);
+		if (pending_len(&f->q))
+			co__drain_locked(ctx, fd, f, CO_ST_flush_order,
+					 ctx->sys.now_ns() + ctx->cfg.linger_ns);
 		atomic_store(&f->kind, CO_FD_PASS);
 		co_stat_add(&ctx->stats, reason, 1);
 	}
 	co__unlock_fd(f);
+	if (other >= 0)
+		co_fd_stop(ctx, other, reason);
 }
 
 static void flush_one_due(int fd, void *argp)
@@ -179,5 +187,6 @@ static void reset_in_child(int fd, struct co_fd *f, void *argp)
 
 void co_after_fork_child(struct co_ctx *ctx)
 {
+	pthread_mutex_init(&ctx->socks.lock, NULL);
 	co_fd_each(&ctx->fds, 0, CO_FD_LIMIT - 1, reset_in_child, ctx);
 }

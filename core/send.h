@@ -32,8 +32,13 @@ void co__discard_locked(struct co_ctx *ctx, int fd, struct co_fd *f);
 /* Decides, once, whether fd is a connected stream socket that can be
  * coalesced (f->kind = CO_FD_STREAM) or never can be (CO_FD_PASS). Leaves
  * CO_FD_UNKNOWN when the answer may change: a bad fd, a socket not yet
- * connected. */
-void co__classify(struct co_ctx *ctx, int fd, struct co_fd *f);
+ * connected. Returns -1, or another fd that holds the same socket: fd is
+ * then CO_FD_PASS, and the caller must stop coalescing that other fd too
+ * (after releasing fd's lock). */
+int co__classify(struct co_ctx *ctx, int fd, struct co_fd *f);
+
+/* Forgets f's socket identity (fd's lock held). */
+void co__release_id(struct co_ctx *ctx, int fd, struct co_fd *f);
 
 /* Brings fd's pending bit in line with its queue; when the queue has just
  * become non-empty, stamps its time and tells the deadline flusher. */

@@ -19,34 +19,71 @@ static int sockopt_int(struct co_ctx *ctx, int fd, int name, int *val)
 	return ctx->sys.getsockopt(fd, SOL_SOCKET, name, val, &len);
 }
 
-void co__classify(struct co_ctx *ctx, int fd, struct co_fd *f)
+/* Tells sockmap_claim whether fd still holds socket id. */
+static int still_holds(void *ctxp, int fd, uint64_t id)
+{
+	struct co_fd *f = co_fd_find(&((struct co_ctx *)ctxp)->fds, fd);
+
+	return f && atomic_load_explicit(&f->sock_id, memory_order_relaxed) == id;
+}
+
+void co__release_id(struct co_ctx *ctx, int fd, struct co_fd *f)
+{
+	uint64_t id = atomic_load_explicit(&f->sock_id, memory_order_relaxed);
+
+	if (id) {
+		sockmap_release(&ctx->socks, id, fd);
+		atomic_store_explicit(&f->sock_id, 0, memory_order_relaxed);
+	}
+}
+
+int co__classify(struct co_ctx *ctx, int fd, struct co_fd *f)
 {
 	struct sockaddr_storage peer;
 	socklen_t len = sizeof(peer);
-	int type, domain, protocol, r;
+	int type, domain, protocol, r, other;
+	uint64_t id;
 
 	r = sockopt_int(ctx, fd, SO_TYPE, &type);
 	if (r == -ENOTSOCK) {
 		co_stat_add(&ctx->stats, CO_ST_passthrough_not_socket, 1);
 		atomic_store(&f->kind, CO_FD_PASS);
-		return;
+		return -1;
 	}
 	if (r < 0)
-		return;
+		return -1;
 	if (type != SOCK_STREAM || sockopt_int(ctx, fd, SO_DOMAIN, &domain) < 0 ||
 	    sockopt_int(ctx, fd, SO_PROTOCOL, &protocol) < 0 ||
 	    !(domain == AF_UNIX ||
 	      ((domain == AF_INET || domain == AF_INET6) && protocol == IPPROTO_TCP))) {
 		co_stat_add(&ctx->stats, CO_ST_passthrough_not_stream, 1);
 		atomic_store(&f->kind, CO_FD_PASS);
-		return;
+		return -1;
 	}
 	r = ctx->sys.getpeername(fd, (struct sockaddr *)&peer, &len);
 	if (r < 0) {
 		co_stat_add(&ctx->stats, CO_ST_passthrough_not_connected, 1);
-		return;
+		return -1;
 	}
+	if (ctx->sys.socket_id(fd, &id) < 0 || id == 0) {
+		co_stat_add(&ctx->stats, CO_ST_passthrough_not_stream, 1);
+		atomic_store(&f->kind, CO_FD_PASS);
+		return -1;
+	}
+	other = sockmap_claim(&ctx->socks, &ctx->sys, id, fd, still_holds, ctx);
+	if (other == -2) {
+		co_stat_add(&ctx->stats, CO_ST_passthrough_nomem, 1);
+		atomic_store(&f->kind, CO_FD_PASS);
+		return -1;
+	}
+	if (other >= 0) {
+		co_stat_add(&ctx->stats, CO_ST_passthrough_dup, 1);
+		atomic_store(&f->kind, CO_FD_PASS);
+		return other;
+	}
+	atomic_store_explicit(&f->sock_id, id, memory_order_relaxed);
 	atomic_store(&f->kind, CO_FD_STREAM);
+	return -1;
 }
 
 /* Returns the counter for why a write on a stream socket cannot be queued,
@@ -136,7 +173,7 @@ static ssize_t stream_write(struct co_ctx *ctx, int fd, struct co_fd *f,
 	}
 	if (total == 0)
 		return 0;
-	if (send_at_once(f)) {
+	if (ctx->cfg.direct && send_at_once(f)) {
 		co_stat_add(&ctx->stats, CO_ST_writes_direct, 1);
 		return CO_PASSTHROUGH;
 	}
@@ -158,6 +195,7 @@ ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt
 		 int flags, unsigned how)
 {
 	struct co_fd *f;
+	int other = -1;
 	ssize_t r;
 
 	f = co_fd_get(&ctx->fds, &ctx->sys, fd);
@@ -174,11 +212,14 @@ ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt
 		return CO_PASSTHROUGH;
 	}
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_UNKNOWN)
-		co__classify(ctx, fd, f);
+		other = co__classify(ctx, fd, f);
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_STREAM)
 		r = stream_write(ctx, fd, f, iov, iovcnt, flags, how);
 	else
 		r = CO_PASSTHROUGH;
 	co__unlock_fd(f);
+	/* fd shares its socket with other: what other queued goes first. */
+	if (other >= 0)
+		co_fd_stop(ctx, other, CO_ST_passthrough_dup);
 	return r;
 }

@@ -67,8 +67,8 @@ void co_close_end(struct co_fd *f);
 void co_fd_forget(struct co_ctx *ctx, int fd);
 
 /* From now on fd is never coalesced, until it is closed or forgotten;
- * counted as reason if it was a socket that could have been. Its queue must
- * have been sent first. */
+ * counted as reason if it was a socket that could have been. What it had
+ * queued is sent first (waiting as for close). */
 void co_fd_stop(struct co_ctx *ctx, int fd, enum co_counter reason);
 
 /* One round of the deadline flusher: flushes, without blocking, each queue

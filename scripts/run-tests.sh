@@ -55,7 +55,7 @@ done
 
 for t in "$build"/tests/integration/*; do
 	[ -x "$t" ] || continue
-	COALESCE_LIB="$lib" run "integration/$(basename "$t")" 120 "$t"
+	run "integration/$(basename "$t")" 120 env COALESCE_LIB="$lib" "$t"
 done
 
 # The same integration tests with the shim built with ASan+UBSan. The
@@ -64,16 +64,21 @@ done
 if [ -f "$build/asan/libcoalesce.so" ]; then
 	for t in "$build"/tests/integration/*; do
 		[ -x "$t" ] || continue
-		COALESCE_LIB="$asan_rt $build/asan/libcoalesce.so" \
-		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
-		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-			run "integration-asan/$(basename "$t")" 180 "$t"
+		run "integration-asan/$(basename "$t")" 180 env \
+			COALESCE_LIB="$asan_rt $build/asan/libcoalesce.so" \
+			ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
+			UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 "$t"
 	done
 fi
 
+# Each real application twice: as it comes (a lone write between two reads
+# is sent at once), and with every small write queued (COALESCE_DIRECT=0),
+# so that the queue is exercised by the real programs too.
 for t in tests/apps/*.sh; do
 	[ -f "$t" ] || continue
-	COALESCE_LIB="$lib" run "apps/$(basename "$t" .sh)" 300 sh "$t"
+	name=$(basename "$t" .sh)
+	run "apps/$name" 300 env COALESCE_LIB="$lib" sh "$t"
+	run "apps/$name-queue-all" 300 env COALESCE_LIB="$lib" COALESCE_DIRECT=0 sh "$t"
 done
 
 echo

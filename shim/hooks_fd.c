@@ -33,15 +33,13 @@ static void nudge(int fd)
 	errno = saved;
 }
 
-/* As flush_first, for operations that cannot report EAGAIN: bytes still
- * queued on a full nonblocking socket wait at most the linger time. */
-static void drain_first(int fd, enum co_counter stop_reason)
+/* Before an operation after which fd is no longer coalesced (dup, fdopen,
+ * shutdown): sends its queue as close would (bytes queued on a full
+ * nonblocking socket wait at most the linger time), counted as reason. */
+static void stop_coalescing(int fd, enum co_counter reason)
 {
-	if (!co_shim_on || co_fd_passes(&co_shim_ctx, fd))
-		return;
-	co_close_end(co_close_begin(&co_shim_ctx, fd));
-	if (stop_reason != CO_ST_COUNT)
-		co_fd_stop(&co_shim_ctx, fd, stop_reason);
+	if (co_shim_on && !co_fd_passes(&co_shim_ctx, fd))
+		co_fd_stop(&co_shim_ctx, fd, reason);
 }
 
 static void forget(int fd)
@@ -93,7 +91,7 @@ CO_HOOK void closefrom(int lowfd)
 CO_HOOK int shutdown(int fd, int how)
 {
 	if (how == SHUT_WR || how == SHUT_RDWR)
-		drain_first(fd, CO_ST_passthrough_shutdown);
+		stop_coalescing(fd, CO_ST_passthrough_shutdown);
 	return REAL(shutdown)(fd, how);
 }
 
@@ -101,7 +99,7 @@ CO_HOOK int dup(int oldfd)
 {
 	int r;
 
-	drain_first(oldfd, CO_ST_passthrough_dup);
+	stop_coalescing(oldfd, CO_ST_passthrough_dup);
 	r = REAL(dup)(oldfd);
 	if (r >= 0 && co_shim_on)
 		co_fd_stop(&co_shim_ctx, r, CO_ST_passthrough_dup);
@@ -117,7 +115,7 @@ static int dup_onto(int oldfd, int newfd, int flags, int use_dup3)
 	if (!co_shim_on)
 		return use_dup3 ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
 	if (oldfd != newfd)
-		drain_first(oldfd, CO_ST_passthrough_dup);
+		stop_coalescing(oldfd, CO_ST_passthrough_dup);
 	f = oldfd != newfd ? co_close_begin(&co_shim_ctx, newfd) : NULL;
 	r = use_dup3 ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
 	co_close_end(f);
@@ -146,7 +144,7 @@ static int fcntl_common(int fd, int cmd, void *arg, int (*real)(int, int, ...))
 	switch (cmd) {
 	case F_DUPFD:
 	case F_DUPFD_CLOEXEC:
-		drain_first(fd, CO_ST_passthrough_dup);
+		stop_coalescing(fd, CO_ST_passthrough_dup);
 		r = real(fd, cmd, arg);
 		if (r >= 0)
 			co_fd_stop(&co_shim_ctx, r, CO_ST_passthrough_dup);
@@ -253,6 +251,6 @@ CO_HOOK int socketpair(int domain, int type, int protocol, int sv[2])
  * from here on this fd is not coalesced. */
 CO_HOOK FILE *fdopen(int fd, const char *mode)
 {
-	drain_first(fd, CO_ST_passthrough_stdio);
+	stop_coalescing(fd, CO_ST_passthrough_stdio);
 	return REAL(fdopen)(fd, mode);
 }

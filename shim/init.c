@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,6 +49,19 @@ static int sys_getpeername(int fd, struct sockaddr *addr, socklen_t *len)
 static int sys_fcntl_getfl(int fd)
 {
 	CO_KEEP_ERRNO(REAL(fcntl)(fd, F_GETFL));
+}
+
+static int sys_socket_id(int fd, uint64_t *id)
+{
+	struct stat st;
+	int saved = errno, r = fstat(fd, &st);
+
+	if (r < 0)
+		r = -errno;
+	else
+		*id = (uint64_t)st.st_ino;
+	errno = saved;
+	return r;
 }
 
 static int sys_poll(struct pollfd *fds, nfds_t nfds, int timeout_ms)
@@ -110,6 +124,7 @@ static const struct co_sys co_shim_sys = {
 	.getsockopt = sys_getsockopt,
 	.getpeername = sys_getpeername,
 	.fcntl_getfl = sys_fcntl_getfl,
+	.socket_id = sys_socket_id,
 	.poll = sys_poll,
 	.now_ns = sys_now_ns,
 	.log_write = sys_log_write,
