@@ -57,6 +57,27 @@ void co_flush_all_final(struct co_ctx *ctx, enum co_counter trigger)
 	co_fd_each_pending(&ctx->fds, flush_one_final, &arg);
 }
 
+static void flush_one_before_fork(int fd, void *argp)
+{
+	struct flush_arg *arg = argp;
+	struct co_fd *f = co_fd_find(&arg->ctx->fds, fd);
+
+	if (!f || co__timedlock_fd(f, fd, arg->now + arg->ctx->cfg.delay_ns) != 0)
+		return;
+	co__flush_locked(arg->ctx, fd, f, CO_ST_flush_fork, 0);
+	co__unlock_fd(f);
+}
+
+void co_flush_all_before_fork(struct co_ctx *ctx)
+{
+	struct flush_arg arg = { .ctx = ctx };
+
+	if (atomic_load(&ctx->fds.pending_count) == 0)
+		return;
+	arg.now = ctx->sys.now_ns();
+	co_fd_each_pending(&ctx->fds, flush_one_before_fork, &arg);
+}
+
 int co_flush_before(struct co_ctx *ctx, int fd, enum co_counter trigger, int flags)
 {
 	struct co_fd *f = co_fd_find(&ctx->fds, fd);

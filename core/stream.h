@@ -45,7 +45,7 @@ static inline void co_flush_if_pending(struct co_ctx *ctx, enum co_counter trigg
 
 /* Flushes every queue, waiting as a blocking write would on blocking sockets
  * and at most the linger time on nonblocking ones; what still cannot be sent
- * is dropped and counted. For exit, fork and exec. */
+ * is dropped and counted. For exit and exec. */
 void co_flush_all_final(struct co_ctx *ctx, enum co_counter trigger);
 
 /* Before an operation that must come after fd's queued bytes (sendfile,
@@ -76,6 +76,13 @@ void co_fd_stop(struct co_ctx *ctx, int fd, enum co_counter reason);
  * socket was full. Returns the earliest deadline still ahead, or 0 if none. */
 uint64_t co_flush_due(struct co_ctx *ctx, uint64_t now, int *stalled, int max,
 		      int *nstalled);
+
+/* In the parent before fork: sends every queue as a write would, so that
+ * what the child writes on a shared socket comes after it; a full
+ * nonblocking socket keeps its queue (the parent sends it later: the child
+ * drops its copy), and a queue another thread holds for longer than the
+ * delay is left to it. Never waits otherwise. */
+void co_flush_all_before_fork(struct co_ctx *ctx);
 
 /* In the child after fork: the parent owns every queued byte; the child
  * starts with empty queues and fresh locks. */

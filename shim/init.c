@@ -151,7 +151,7 @@ int co_shim_in_vfork_child(void)
 static void before_fork(void)
 {
 	if (co_shim_on)
-		co_flush_all_final(&co_shim_ctx, CO_ST_flush_fork);
+		co_flush_all_before_fork(&co_shim_ctx);
 }
 
 static void in_fork_child(void)
