@@ -25,6 +25,7 @@ struct co_fd {
 	_Atomic unsigned char kind;
 	int deferred_err;   /* errno of a failed deferred flush, reported on the next write. */
 	unsigned writes;    /* Application writes queued since the last flush syscall. */
+	size_t wbytes;      /* Their bytes. */
 	uint64_t first_ns;  /* When the oldest queued byte was queued. */
 	int held_prev;      /* The holder's co__held_fd before it took this lock. */
 	unsigned burst;     /* Writes in the current burst (see co_note_wait). */

@@ -23,7 +23,7 @@ static void flush_one_nowait(int fd, void *argp)
 
 	if (!f || co__trylock_fd(f, fd) != 0)
 		return;
-	co__flush_locked(arg->ctx, fd, f, arg->trigger, MSG_DONTWAIT);
+	co__flush_deferred(arg->ctx, fd, f, arg->trigger, MSG_DONTWAIT);
 	co__unlock_fd(f);
 }
 
@@ -64,7 +64,7 @@ static void flush_one_before_fork(int fd, void *argp)
 
 	if (!f || co__timedlock_fd(f, fd, arg->now + arg->ctx->cfg.delay_ns) != 0)
 		return;
-	co__flush_locked(arg->ctx, fd, f, CO_ST_flush_fork, 0);
+	co__flush_deferred(arg->ctx, fd, f, CO_ST_flush_fork, 0);
 	co__unlock_fd(f);
 }
 
@@ -85,9 +85,22 @@ int co_flush_before(struct co_ctx *ctx, int fd, enum co_counter trigger, int fla
 
 	if (!f || atomic_load(&f->kind) != CO_FD_STREAM || co__lock_fd(f, fd) != 0)
 		return 0;
-	r = co__flush_locked(ctx, fd, f, trigger, flags);
+	r = co__flush_deferred(ctx, fd, f, trigger, flags);
 	co__unlock_fd(f);
 	return r == -EINTR || r == -EAGAIN ? r : 0;
+}
+
+/* Returns f to what a never-seen fd has: no queue, no socket identity, no
+ * error, no burst history, UNKNOWN. fd's lock is held. */
+static void reset_locked(struct co_ctx *ctx, int fd, struct co_fd *f)
+{
+	pending_release(&f->q, &ctx->sys);
+	co__release_id(ctx, fd, f);
+	f->deferred_err = 0;
+	f->burst = 0;
+	f->burst_epoch = 0;
+	f->direct = 0;
+	atomic_store(&f->kind, CO_FD_UNKNOWN);
 }
 
 struct co_fd *co_close_begin(struct co_ctx *ctx, int fd)
@@ -99,10 +112,7 @@ struct co_fd *co_close_begin(struct co_ctx *ctx, int fd)
 	if (pending_len(&f->q))
 		co__drain_locked(ctx, fd, f, CO_ST_flush_close,
 				 ctx->sys.now_ns() + ctx->cfg.linger_ns);
-	pending_release(&f->q, &ctx->sys);
-	co__release_id(ctx, fd, f);
-	f->deferred_err = 0;
-	atomic_store(&f->kind, CO_FD_UNKNOWN);
+	reset_locked(ctx, fd, f);
 	return f;
 }
 
@@ -116,14 +126,11 @@ void co_fd_forget(struct co_ctx *ctx, int fd)
 {
 	struct co_fd *f = co_fd_find(&ctx->fds, fd);
 
-	if (!f || (atomic_load(&f->kind) == CO_FD_UNKNOWN && pending_len(&f->q) == 0) ||
-	    co__lock_fd(f, fd) != 0)
+	/* An UNKNOWN entry has no queue: close and forget release it. */
+	if (!f || atomic_load(&f->kind) == CO_FD_UNKNOWN || co__lock_fd(f, fd) != 0)
 		return;
 	co__discard_locked(ctx, fd, f);
-	pending_release(&f->q, &ctx->sys);
-	co__release_id(ctx, fd, f);
-	f->deferred_err = 0;
-	atomic_store(&f->kind, CO_FD_UNKNOWN);
+	reset_locked(ctx, fd, f);
 	co__unlock_fd(f);
 }
 
@@ -174,7 +181,7 @@ static void flush_one_due(int fd, void *argp)
 	}
 	due = f->first_ns + ctx->cfg.delay_ns;
 	if (due <= arg->now) {
-		r = co__flush_locked(ctx, fd, f, CO_ST_flush_deadline, MSG_DONTWAIT);
+		r = co__flush_deferred(ctx, fd, f, CO_ST_flush_deadline, MSG_DONTWAIT);
 		if (r == -EAGAIN && arg->nstalled < arg->max)
 			arg->stalled[arg->nstalled++] = fd;
 	} else if (!arg->next || due < arg->next) {
@@ -203,6 +210,7 @@ static void reset_in_child(int fd, struct co_fd *f, void *argp)
 	pending_discard(&f->q);
 	pending_release(&f->q, &ctx->sys);
 	f->writes = 0;
+	f->wbytes = 0;
 	co_fd_mark(&ctx->fds, fd, 0);
 }
 

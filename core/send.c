@@ -12,9 +12,11 @@ static void fold_writes(struct co_ctx *ctx, struct co_fd *f, int along)
 {
 	co_stats_batch(&ctx->stats, (uint64_t)f->writes + (unsigned)along);
 	co_stat_add(&ctx->stats, CO_ST_writes_queued, f->writes);
+	co_stat_add(&ctx->stats, CO_ST_bytes_queued, f->wbytes);
 	if (along)
 		co_stat_add(&ctx->stats, CO_ST_writes_sent_along, 1);
 	f->writes = 0;
+	f->wbytes = 0;
 }
 
 /* Fills iov with the queue and the part of extra not yet sent. Returns the
@@ -47,7 +49,9 @@ void co__discard_locked(struct co_ctx *ctx, int fd, struct co_fd *f)
 	size_t n = pending_discard(&f->q);
 
 	co_stat_add(&ctx->stats, CO_ST_writes_queued, f->writes);
+	co_stat_add(&ctx->stats, CO_ST_bytes_queued, f->wbytes);
 	f->writes = 0;
+	f->wbytes = 0;
 	if (n) {
 		co_stat_add(&ctx->stats, CO_ST_bytes_dropped, n);
 		co_log(ctx, CO_LOG_ERROR, "fd %d: %zu queued bytes could not be sent", fd, n);
@@ -61,9 +65,9 @@ ssize_t co__send_queue(struct co_ctx *ctx, int fd, struct co_fd *f,
 	/* Sized to the call, not to CO_IOV_MAX: signal handlers may run on a small stack. */
 	struct iovec iov[extra_cnt < CO_IOV_MAX ? extra_cnt + 1 : CO_IOV_MAX];
 	struct msghdr msg;
-	size_t sent_extra = 0, qlen;
+	size_t sent_extra = 0, qlen, offered;
 	ssize_t n;
-	int along = extra_len > 0;
+	int along = extra_len > 0, i;
 
 	for (;;) {
 		qlen = pending_len(&f->q);
@@ -72,6 +76,8 @@ ssize_t co__send_queue(struct co_ctx *ctx, int fd, struct co_fd *f,
 		memset(&msg, 0, sizeof(msg));
 		msg.msg_iov = iov;
 		msg.msg_iovlen = (size_t)build_iov(iov, f, extra, extra_cnt, sent_extra);
+		for (offered = 0, i = 0; i < (int)msg.msg_iovlen; i++)
+			offered += iov[i].iov_len;
 		n = ctx->sys.sendmsg(fd, &msg, flags | MSG_NOSIGNAL);
 		co_stat_add(&ctx->stats, CO_ST_flush_syscalls, 1);
 		if (f->writes || along) {
@@ -99,8 +105,9 @@ ssize_t co__send_queue(struct co_ctx *ctx, int fd, struct co_fd *f,
 		} else {
 			pending_consume(&f->q, qlen);
 			sent_extra += (size_t)n - qlen;
-			/* A short send of the caller's own bytes is the caller's result. */
-			if (sent_extra < extra_len)
+			/* A short send of the caller's own bytes is the caller's
+			 * result; a full one of fewer iovecs than it has is not. */
+			if (sent_extra < extra_len && (size_t)n < offered)
 				return (ssize_t)sent_extra;
 		}
 	}
@@ -122,15 +129,24 @@ int co__flush_locked(struct co_ctx *ctx, int fd, struct co_fd *f,
 
 	if (pending_len(&f->q) == 0)
 		return 0;
-	co_stat_add(&ctx->stats, trigger, 1);
+	if (trigger != CO_ST_COUNT)
+		co_stat_add(&ctx->stats, trigger, 1);
 	r = co__send_queue(ctx, fd, f, NULL, 0, 0, flags);
-	if (r < 0 && r != -EAGAIN && r != -EINTR) {
-		f->deferred_err = (int)-r;
-		co_stat_add(&ctx->stats, CO_ST_deferred_errors, 1);
-		co_log(ctx, CO_LOG_INFO, "fd %d: deferred flush failed: error %d", fd, (int)-r);
-	}
 	co__sync_mark(ctx, fd, f);
 	return r < 0 ? (int)r : 0;
+}
+
+int co__flush_deferred(struct co_ctx *ctx, int fd, struct co_fd *f,
+		       enum co_counter trigger, int flags)
+{
+	int r = co__flush_locked(ctx, fd, f, trigger, flags);
+
+	if (r < 0 && r != -EAGAIN && r != -EINTR) {
+		f->deferred_err = -r;
+		co_stat_add(&ctx->stats, CO_ST_deferred_errors, 1);
+		co_log(ctx, CO_LOG_INFO, "fd %d: deferred flush failed: error %d", fd, -r);
+	}
+	return r;
 }
 
 int co__drain_locked(struct co_ctx *ctx, int fd, struct co_fd *f,
@@ -140,7 +156,7 @@ int co__drain_locked(struct co_ctx *ctx, int fd, struct co_fd *f,
 	uint64_t now;
 	int r, ms;
 
-	for (;;) {
+	for (;; trigger = CO_ST_COUNT) {
 		r = co__flush_locked(ctx, fd, f, trigger, 0);
 		if (r == 0 || (r != -EAGAIN && r != -EINTR))
 			return r;

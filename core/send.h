@@ -14,11 +14,16 @@
 ssize_t co__send_queue(struct co_ctx *ctx, int fd, struct co_fd *f,
 		       const struct iovec *extra, int extra_cnt, size_t extra_len, int flags);
 
-/* Sends f's queue on behalf of no application call (counted as trigger).
+/* Sends f's queue (counted as trigger, unless that is CO_ST_COUNT).
  * Returns 0 once the queue is empty, -EAGAIN or -EINTR if bytes remain, or
- * -errno of a failure, which is kept for the next write on fd. */
+ * -errno of a failure (the queue is then dropped). */
 int co__flush_locked(struct co_ctx *ctx, int fd, struct co_fd *f,
 		     enum co_counter trigger, int flags);
+
+/* As co__flush_locked, on behalf of no application call: a failure is kept
+ * and returned by the next write on fd. */
+int co__flush_deferred(struct co_ctx *ctx, int fd, struct co_fd *f,
+		       enum co_counter trigger, int flags);
 
 /* Sends f's queue as a blocking write would, waiting until deadline_ns
  * (monotonic) when the socket is nonblocking and full; what is left then is

@@ -114,6 +114,7 @@ static ssize_t write_through(struct co_ctx *ctx, int fd, struct co_fd *f,
 	    pending_len(&f->q) + total <= ctx->cfg.max_bytes &&
 	    pending_append(&f->q, &ctx->sys, iov, iovcnt, total) == 0) {
 		f->writes++;
+		f->wbytes += total;
 		r = (ssize_t)total;
 	}
 	co__sync_mark(ctx, fd, f);
@@ -187,21 +188,25 @@ static ssize_t stream_write(struct co_ctx *ctx, int fd, struct co_fd *f,
 		return CO_PASSTHROUGH;
 	}
 	f->writes++;
+	f->wbytes += total;
 	co__sync_mark(ctx, fd, f);
 	return (ssize_t)total;
 }
 
 ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt,
-		 int flags, unsigned how)
+		 int flags, unsigned how, struct co_fd **held)
 {
 	struct co_fd *f;
 	int other = -1;
 	ssize_t r;
 
+	*held = NULL;
 	f = co_fd_get(&ctx->fds, &ctx->sys, fd);
 	if (!f) {
-		if (fd >= 0)
+		if (fd >= CO_FD_LIMIT)
 			co_stat_add(&ctx->stats, CO_ST_passthrough_fd_range, 1);
+		else if (fd >= 0)
+			co_stat_add(&ctx->stats, CO_ST_passthrough_nomem, 1);
 		return CO_PASSTHROUGH;
 	}
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_PASS)
@@ -213,10 +218,15 @@ ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt
 	}
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_UNKNOWN)
 		other = co__classify(ctx, fd, f);
-	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_STREAM)
+	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_STREAM) {
 		r = stream_write(ctx, fd, f, iov, iovcnt, flags, how);
-	else
+		if (r == CO_PASSTHROUGH) {
+			*held = f;
+			return r;
+		}
+	} else {
 		r = CO_PASSTHROUGH;
+	}
 	co__unlock_fd(f);
 	/* fd shares its socket with other: what other queued goes first. */
 	if (other >= 0)

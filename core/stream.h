@@ -29,9 +29,18 @@ static inline int co_fd_passes(struct co_ctx *ctx, int fd)
 /* Handles one application write of the bytes in iov on fd. Small writes are
  * copied into fd's queue; a large one, or one that fills the queue, goes out
  * with the queue in one sendmsg. Returns the number of bytes taken, -errno
- * (a deferred error of an earlier flush, or the kernel's), or CO_PASSTHROUGH. */
+ * (a deferred error of an earlier flush, or the kernel's), or
+ * CO_PASSTHROUGH. In that last case *held is fd's entry, still locked, or
+ * NULL: the caller makes the libc call, then calls co_write_end(*held), so
+ * that no other thread's bytes land between the queue and this call's. */
 ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt,
-		 int flags, unsigned how);
+		 int flags, unsigned how, struct co_fd **held);
+
+static inline void co_write_end(struct co_fd *held)
+{
+	if (held)
+		co__unlock_fd(held);
+}
 
 /* Flushes every queue without blocking, skipping queues another thread holds.
  * Costs one load when nothing is queued. trigger counts why. */
