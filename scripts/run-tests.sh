@@ -76,9 +76,9 @@ fi
 # so that the queue is exercised by the real programs too.
 for t in tests/apps/*.sh; do
 	[ -f "$t" ] || continue
-	name=$(basename "$t" .sh)
-	run "apps/$name" 300 env COALESCE_LIB="$lib" sh "$t"
-	run "apps/$name-queue-all" 300 env COALESCE_LIB="$lib" COALESCE_DIRECT=0 sh "$t"
+	app=$(basename "$t" .sh)
+	run "apps/$app" 300 env COALESCE_LIB="$lib" sh "$t"
+	run "apps/$app-queue-all" 300 env COALESCE_LIB="$lib" COALESCE_DIRECT=0 sh "$t"
 done
 
 echo
