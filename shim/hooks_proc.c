@@ -73,41 +73,34 @@ static int collect_args(const char *arg0, va_list ap, char **argv, char ***envp)
 	return argc;
 }
 
+/* The body of execl, execlp and execle: gathers the arguments from arg on
+ * into argv, then returns call, which uses argv. */
+#define CO_EXECL(arg, envp, call)                                              \
+	do {                                                                   \
+		char *argv[CO_EXECL_MAX + 1];                                  \
+		va_list ap;                                                    \
+		int r;                                                         \
+		va_start(ap, arg);                                             \
+		r = collect_args(arg, ap, argv, envp);                         \
+		va_end(ap);                                                    \
+		return r < 0 ? -1 : (call);                                    \
+	} while (0)
+
 CO_HOOK int execl(const char *path, const char *arg, ...)
 {
-	char *argv[CO_EXECL_MAX + 1];
-	va_list ap;
-	int r;
-
-	va_start(ap, arg);
-	r = collect_args(arg, ap, argv, NULL);
-	va_end(ap);
-	return r < 0 ? -1 : execv(path, argv);
+	CO_EXECL(arg, NULL, execv(path, argv));
 }
 
 CO_HOOK int execlp(const char *file, const char *arg, ...)
 {
-	char *argv[CO_EXECL_MAX + 1];
-	va_list ap;
-	int r;
-
-	va_start(ap, arg);
-	r = collect_args(arg, ap, argv, NULL);
-	va_end(ap);
-	return r < 0 ? -1 : execvp(file, argv);
+	CO_EXECL(arg, NULL, execvp(file, argv));
 }
 
 CO_HOOK int execle(const char *path, const char *arg, ...)
 {
-	char *argv[CO_EXECL_MAX + 1];
 	char **envp;
-	va_list ap;
-	int r;
 
-	va_start(ap, arg);
-	r = collect_args(arg, ap, argv, &envp);
-	va_end(ap);
-	return r < 0 ? -1 : execve(path, argv, envp);
+	CO_EXECL(arg, &envp, execve(path, argv, envp));
 }
 
 CO_HOOK void _exit(int status)
