@@ -27,6 +27,7 @@
 	X(flush_exit)                                                          \
 	X(flush_fork)                                                          \
 	X(flush_exec)                                                          \
+	X(flush_signal)                                                        \
 	X(passthrough_not_socket)                                              \
 	X(passthrough_not_stream)                                              \
 	X(passthrough_not_connected)                                           \

@@ -227,6 +227,8 @@ __attribute__((constructor(101))) static void co_shim_init(void)
 	co_shim_pid = getpid();
 	pthread_atfork(before_fork, NULL, in_fork_child);
 	co_shim_on = !cfg.disabled;
+	if (co_shim_on)
+		co_signals_init();
 	co_log(&co_shim_ctx, CO_LOG_DEBUG, "loaded in pid %ld%s", (long)co_shim_pid,
 	       cfg.disabled ? " (disabled)" : "");
 	errno = saved;

@@ -69,7 +69,9 @@
 	X(int, execvpe, (const char *, char *const[], char *const[]))                     \
 	X(int, fexecve, (int, char *const[], char *const[]))                              \
 	X(void, _exit, (int))                                                             \
-	X(void, _Exit, (int))
+	X(void, _Exit, (int))                                                             \
+	X(int, sigaction, (int, const struct sigaction *, struct sigaction *))            \
+	X(sighandler_t, signal, (int, sighandler_t))
 
 /* Functions core needs that the shim does not interpose. */
 #define CO_REAL_HELPERS(X)                                                                \

@@ -42,6 +42,10 @@ void co_flusher_notify(struct co_ctx *ctx);
 /* In a forked child: the flusher thread is gone; start afresh on demand. */
 void co_flusher_after_fork_child(void);
 
+/* Catches the default-disposition fatal signals (shim/hooks_signal.c). */
+void co_signals_init(void);
+int co_signals_take_over(int sig);
+
 /* Writes the statistics file if COALESCE_STATS names one. */
 void co_shim_write_stats(void);
 
