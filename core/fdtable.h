@@ -32,6 +32,13 @@ struct co_fd {
 	unsigned burst_epoch; /* The writer's wait epoch when the burst began. */
 	unsigned char direct; /* The last burst was one write: send the next one at once. */
 	_Atomic uint64_t sock_id; /* The socket's identity once claimed in ctx->socks, or 0. */
+	/* Set by a close that could not wait for the holder of the lock (see
+	 * co_close_or_hand_over): the holder sends the rest of the queue to
+	 * the socket through private_fd, and finishes the close when it
+	 * unlocks. */
+	_Atomic unsigned char close_pending;
+	int private_fd;
+	struct co_ctx *close_ctx;
 	struct co_pending q;
 };
 
@@ -92,9 +99,16 @@ static inline int co__timedlock_fd(struct co_fd *f, int fd, uint64_t deadline_ns
 	return 0;
 }
 
+/* Finishes a close handed over to the holder of f's lock (in flush.c). */
+void co__finish_handed_over_close(struct co_fd *f, int fd);
+
 static inline void co__unlock_fd(struct co_fd *f)
 {
+	int fd = co__held_fd;
+
 	co__held_fd = f->held_prev;
+	if (atomic_load_explicit(&f->close_pending, memory_order_acquire))
+		co__finish_handed_over_close(f, fd);
 	pthread_mutex_unlock(&f->lock);
 }
 

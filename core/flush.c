@@ -116,6 +116,50 @@ struct co_fd *co_close_begin(struct co_ctx *ctx, int fd)
 	return f;
 }
 
+void co__finish_handed_over_close(struct co_fd *f, int fd)
+{
+	struct co_ctx *ctx = f->close_ctx;
+
+	/* Whatever the holder did not send yet goes as a blocking write
+	 * would; this thread was blocked on that socket already. */
+	co__flush_locked(ctx, fd, f, CO_ST_flush_close, 0);
+	co__discard_locked(ctx, fd, f);
+	reset_locked(ctx, fd, f);
+	ctx->sys.close(f->private_fd);
+	ctx->sys.close(fd);
+	atomic_store(&f->close_pending, 0);
+}
+
+int co_close_or_hand_over(struct co_ctx *ctx, int fd, struct co_fd **held)
+{
+	struct co_fd *f = co_fd_find(&ctx->fds, fd);
+	int r;
+
+	*held = NULL;
+	if (!f)
+		return 0;
+	r = co__timedlock_fd(f, fd, ctx->sys.now_ns() + CO_CLOSE_WAIT_NS);
+	if (r == -ETIMEDOUT && (f->private_fd = ctx->sys.hand_over(fd)) >= 0) {
+		f->close_ctx = ctx;
+		atomic_store(&f->close_pending, 1);
+		co_stat_add(&ctx->stats, CO_ST_closes_handed_over, 1);
+		/* The holder may have let go just before: then finish here. */
+		if (co__trylock_fd(f, fd) == 0)
+			co__unlock_fd(f);
+		return 1;
+	}
+	if (r == -ETIMEDOUT)
+		r = co__lock_fd(f, fd);
+	if (r != 0)
+		return 0;
+	if (pending_len(&f->q))
+		co__drain_locked(ctx, fd, f, CO_ST_flush_close,
+				 ctx->sys.now_ns() + ctx->cfg.linger_ns);
+	reset_locked(ctx, fd, f);
+	*held = f;
+	return 0;
+}
+
 void co_close_end(struct co_fd *f)
 {
 	if (f)
@@ -207,6 +251,12 @@ static void reset_in_child(int fd, struct co_fd *f, void *argp)
 	struct co_ctx *ctx = argp;
 
 	pthread_mutex_init(&f->lock, NULL);
+	/* A close handed over to a thread that does not exist here. */
+	if (atomic_exchange(&f->close_pending, 0)) {
+		reset_locked(ctx, fd, f);
+		ctx->sys.close(f->private_fd);
+		ctx->sys.close(fd);
+	}
 	pending_discard(&f->q);
 	pending_release(&f->q, &ctx->sys);
 	f->writes = 0;

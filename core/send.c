@@ -78,7 +78,11 @@ ssize_t co__send_queue(struct co_ctx *ctx, int fd, struct co_fd *f,
 		msg.msg_iovlen = (size_t)build_iov(iov, f, extra, extra_cnt, sent_extra);
 		for (offered = 0, i = 0; i < (int)msg.msg_iovlen; i++)
 			offered += iov[i].iov_len;
-		n = ctx->sys.sendmsg(fd, &msg, flags | MSG_NOSIGNAL);
+		/* Closed by another thread meanwhile: fd's number holds a
+		 * placeholder, and the socket is at private_fd. */
+		n = ctx->sys.sendmsg(atomic_load_explicit(&f->close_pending, memory_order_acquire)
+					     ? f->private_fd : fd,
+				     &msg, flags | MSG_NOSIGNAL);
 		co_stat_add(&ctx->stats, CO_ST_flush_syscalls, 1);
 		if (f->writes || along) {
 			fold_writes(ctx, f, along);

@@ -41,6 +41,7 @@
 	X(passthrough_fd_range)                                                \
 	X(passthrough_reentrant)                                               \
 	X(deferred_errors)                                                     \
+	X(closes_handed_over)                                                  \
 	X(bytes_dropped)
 
 enum co_counter {

@@ -70,6 +70,20 @@ int co_flush_before(struct co_ctx *ctx, int fd, enum co_counter trigger, int fla
 struct co_fd *co_close_begin(struct co_ctx *ctx, int fd);
 void co_close_end(struct co_fd *f);
 
+/* As co_close_begin, for close() itself, which must not wait for another
+ * thread blocked in a send on fd (a full blocking socket: a plain close
+ * would return at once). If fd's lock is not free within CO_CLOSE_WAIT_NS,
+ * the socket moves to a private fd and fd's number gets a placeholder
+ * (sys.hand_over); the holder sends what is queued through the private fd,
+ * as its blocked write would have, and when it lets go of the lock closes
+ * both. The number cannot be reused before, so nothing queued for the old
+ * socket can reach a new one. Returns 1 in that case (the caller makes no
+ * close of its own and reports success); else 0, with *held as
+ * co_close_begin returns. */
+int co_close_or_hand_over(struct co_ctx *ctx, int fd, struct co_fd **held);
+
+#define CO_CLOSE_WAIT_NS 10000000ull
+
 /* fd now names a new file (socket, accept, dup target): forgets what was
  * known of the old one. Bytes still queued for it cannot be sent anywhere
  * and are dropped and counted. */

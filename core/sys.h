@@ -22,6 +22,12 @@ struct co_sys {
 	/* Sets *id to what identifies the socket behind fd (its inode number). */
 	int (*socket_id)(int fd, uint64_t *id);
 	int (*poll)(struct pollfd *fds, nfds_t nfds, int timeout_ms);
+	int (*close)(int fd);
+	/* For a close that cannot wait: duplicates fd's socket to a new
+	 * private fd, then puts an inert socket at fd's number in one step
+	 * (dup3), so that the number stays taken but nothing sent there
+	 * reaches anyone. Returns the private fd. */
+	int (*hand_over)(int fd);
 	/* Monotonic time in nanoseconds. */
 	uint64_t (*now_ns)(void);
 	/* Writes a diagnostic line (the log destination). */

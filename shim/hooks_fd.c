@@ -55,7 +55,8 @@ CO_HOOK int close(int fd)
 
 	if (!co_shim_on)
 		return REAL(close)(fd);
-	f = co_close_begin(&co_shim_ctx, fd);
+	if (co_close_or_hand_over(&co_shim_ctx, fd, &f))
+		return 0;
 	r = REAL(close)(fd);
 	co_close_end(f);
 	return r;

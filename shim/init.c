@@ -64,6 +64,32 @@ static int sys_socket_id(int fd, uint64_t *id)
 	return r;
 }
 
+static int sys_close(int fd)
+{
+	CO_KEEP_ERRNO(REAL(close)(fd));
+}
+
+static int sys_hand_over(int fd)
+{
+	int saved = errno, r = -1, ph, priv;
+
+	priv = REAL(fcntl)(fd, F_DUPFD_CLOEXEC, 0);
+	ph = REAL(socket)(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (priv >= 0 && ph >= 0)
+		r = REAL(dup3)(ph, fd, O_CLOEXEC);
+	if (r < 0) {
+		r = -errno;
+		if (priv >= 0)
+			REAL(close)(priv);
+	} else {
+		r = priv;
+	}
+	if (ph >= 0)
+		REAL(close)(ph);
+	errno = saved;
+	return r;
+}
+
 static int sys_poll(struct pollfd *fds, nfds_t nfds, int timeout_ms)
 {
 	CO_KEEP_ERRNO(REAL(poll)(fds, nfds, timeout_ms));
@@ -126,6 +152,8 @@ static const struct co_sys co_shim_sys = {
 	.fcntl_getfl = sys_fcntl_getfl,
 	.socket_id = sys_socket_id,
 	.poll = sys_poll,
+	.close = sys_close,
+	.hand_over = sys_hand_over,
 	.now_ns = sys_now_ns,
 	.log_write = sys_log_write,
 	.alloc = sys_alloc,

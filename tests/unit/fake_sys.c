@@ -37,6 +37,8 @@ struct fake_fd {
 	int polls_until_free; /* -1: poll never frees the socket. */
 	int chaos;
 	unsigned chaos_state;
+	int closes;       /* sys.close calls on this fd. */
+	int placeholder;  /* sys.placeholder put an inert socket here. */
 };
 
 static pthread_mutex_t fake_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -181,6 +183,13 @@ static ssize_t fake_send(int fd, const struct iovec *iov, int iovcnt, int flags,
 
 static ssize_t fake_sendmsg(int fd, const struct msghdr *msg, int flags)
 {
+	int inert;
+
+	pthread_mutex_lock(&fake_lock);
+	inert = fd >= 0 && fd < FAKE_MAX_FD && fake_fds[fd].placeholder;
+	pthread_mutex_unlock(&fake_lock);
+	if (inert)
+		return -ENOTCONN;
 	return fake_send(fd, msg->msg_iov, (int)msg->msg_iovlen, flags,
 			 msg->msg_name != NULL || msg->msg_control != NULL);
 }
@@ -403,6 +412,51 @@ static void fake_free(void *ptr)
 	free(ptr);
 }
 
+static int fake_close(int fd)
+{
+	pthread_mutex_lock(&fake_lock);
+	fake_fds[fd].closes++;
+	pthread_mutex_unlock(&fake_lock);
+	return 0;
+}
+
+/* The private fd of a hand-over: the highest number, a duplicate of fd. */
+#define FAKE_PRIVATE_FD (FAKE_MAX_FD - 1)
+
+static int fake_hand_over(int fd)
+{
+	fake_dup(FAKE_PRIVATE_FD, fd);
+	pthread_mutex_lock(&fake_lock);
+	fake_fds[fd].placeholder = 1;
+	pthread_mutex_unlock(&fake_lock);
+	return FAKE_PRIVATE_FD;
+}
+
+int fake_private_fd(void)
+{
+	return FAKE_PRIVATE_FD;
+}
+
+int fake_closes(int fd)
+{
+	int n;
+
+	pthread_mutex_lock(&fake_lock);
+	n = fake_fds[fd].closes;
+	pthread_mutex_unlock(&fake_lock);
+	return n;
+}
+
+int fake_is_placeholder(int fd)
+{
+	int n;
+
+	pthread_mutex_lock(&fake_lock);
+	n = fake_fds[fd].placeholder;
+	pthread_mutex_unlock(&fake_lock);
+	return n;
+}
+
 static const struct co_sys fake_table = {
 	.sendmsg = fake_sendmsg,
 	.writev = fake_writev,
@@ -411,6 +465,8 @@ static const struct co_sys fake_table = {
 	.fcntl_getfl = fake_fcntl_getfl,
 	.socket_id = fake_socket_id,
 	.poll = fake_poll,
+	.close = fake_close,
+	.hand_over = fake_hand_over,
 	.now_ns = fake_now_ns,
 	.log_write = fake_log_write,
 	.alloc = fake_alloc,

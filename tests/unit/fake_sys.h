@@ -101,6 +101,13 @@ void fake_forget_sends(void);
 /* Number of sendmsg calls made on fd, whatever they returned. */
 int fake_send_calls(int fd);
 
+/* How many times core closed fd (sys.close), and whether sys.hand_over put
+ * a placeholder there (sends to it then fail); the private fd hand_over
+ * moves the socket to (a fake_dup of it). */
+int fake_closes(int fd);
+int fake_is_placeholder(int fd);
+int fake_private_fd(void);
+
 /* Number of sendmsg calls made on every fd; the last one made on any fd. */
 int fake_send_calls_total(void);
 struct fake_send_call fake_last_call(void);

@@ -517,6 +517,49 @@ static void test_passthrough_write_keeps_records_whole(void **state)
 	assert_true(passthrough_keeps_records_whole(MSG_OOB, 0));
 }
 
+/* A close while another thread holds the fd (here: in the middle of a
+ * write handed back to libc; in life: blocked in a send on a full blocking
+ * socket) does not wait for it: the socket moves to a private fd, fd's
+ * number gets a placeholder at once (a send there fails), and the holder
+ * closes both when it lets go. */
+static void test_close_does_not_wait_for_a_blocked_writer(void **state)
+{
+	static const char a[] = "AAAAAAAAAA";
+	struct slow_writer sa = { .fd = SHARED_FD, .buf = a, .len = sizeof(a) - 1 };
+	struct co_config cfg;
+	struct co_ctx *ctx;
+	struct co_fd *held;
+
+	(void)state;
+	fake_reset();
+	fake_config(&cfg);
+	ctx = fake_ctx_new(&cfg);
+	fake_socket(SHARED_FD, FAKE_TCP);
+	sa.ctx = ctx;
+	sem_init(&sa.has_decided, 0, 0);
+	sem_init(&sa.may_send, 0, 0);
+	pthread_create(&sa.thread, NULL, slow_writer_main, &sa);
+	sem_wait(&sa.has_decided);
+	assert_int_equal(sa.decided, CO_PASSTHROUGH);
+
+	assert_int_equal(co_close_or_hand_over(ctx, SHARED_FD, &held), 1);
+	assert_null(held);
+	assert_true(fake_is_placeholder(SHARED_FD));
+	assert_int_equal(fake_closes(SHARED_FD), 0);
+	assert_int_equal(co_stat_get(&ctx->stats, CO_ST_closes_handed_over), 1);
+
+	sem_post(&sa.may_send);
+	pthread_join(sa.thread, NULL);
+	assert_int_equal(sa.sent, -ENOTCONN);
+	assert_int_equal(fake_closes(SHARED_FD), 1);
+	assert_int_equal(fake_closes(fake_private_fd()), 1);
+	assert_int_equal(co_fd_find(&ctx->fds, SHARED_FD)->kind, CO_FD_UNKNOWN);
+	assert_int_equal(fake_send_calls(SHARED_FD), 0);
+	sem_destroy(&sa.has_decided);
+	sem_destroy(&sa.may_send);
+	fake_ctx_free(ctx);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -524,6 +567,7 @@ int main(void)
 		cmocka_unit_test(test_concurrent_writers_with_lone_writes),
 		cmocka_unit_test(test_lone_write_keeps_records_whole),
 		cmocka_unit_test(test_passthrough_write_keeps_records_whole),
+		cmocka_unit_test(test_close_does_not_wait_for_a_blocked_writer),
 	};
 
 	return cmocka_run_group_tests_name("threads", tests, NULL, NULL);
