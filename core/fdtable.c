@@ -5,6 +5,7 @@
 
 __thread int co__held_fd = -1;
 __thread unsigned co__wait_epoch;
+__thread struct co_signal_writes co__signal_writes;
 
 void co_fdtable_init(struct co_fdtable *t)
 {

@@ -56,30 +56,52 @@ static inline void co_note_wait(void)
 	co__wait_epoch++;
 }
 
-static inline void co__took_fd(struct co_fd *f, int fd)
+/* The marker co__held_fd covers the whole time the lock may be held: it is
+ * set before the lock is taken and cleared only after it is released, so a
+ * signal handler that comes in between never waits for its own thread.
+ * (A handler that comes while the thread still waits for the lock is told
+ * -EDEADLK too: a harmless false alarm.) The signal fences keep the
+ * compiler from moving the marker across the lock calls. */
+static inline int co__mark_held(int fd, int *prev)
 {
-	f->held_prev = co__held_fd;
+	*prev = co__held_fd;
+	if (*prev == fd)
+		return -EDEADLK;
 	co__held_fd = fd;
+	atomic_signal_fence(memory_order_seq_cst);
+	return 0;
+}
+
+static inline void co__unmark_held(int prev)
+{
+	atomic_signal_fence(memory_order_seq_cst);
+	co__held_fd = prev;
 }
 
 /* Takes fd's lock. Returns 0, or -EDEADLK if this thread already holds it. */
 static inline int co__lock_fd(struct co_fd *f, int fd)
 {
-	if (co__held_fd == fd)
+	int prev;
+
+	if (co__mark_held(fd, &prev))
 		return -EDEADLK;
 	pthread_mutex_lock(&f->lock);
-	co__took_fd(f, fd);
+	f->held_prev = prev;
 	return 0;
 }
 
 /* As co__lock_fd, but returns -EBUSY at once if another thread holds it. */
 static inline int co__trylock_fd(struct co_fd *f, int fd)
 {
-	if (co__held_fd == fd)
+	int prev;
+
+	if (co__mark_held(fd, &prev))
 		return -EDEADLK;
-	if (pthread_mutex_trylock(&f->lock) != 0)
+	if (pthread_mutex_trylock(&f->lock) != 0) {
+		co__unmark_held(prev);
 		return -EBUSY;
-	co__took_fd(f, fd);
+	}
+	f->held_prev = prev;
 	return 0;
 }
 
@@ -90,26 +112,44 @@ static inline int co__timedlock_fd(struct co_fd *f, int fd, uint64_t deadline_ns
 {
 	struct timespec ts = { .tv_sec = (time_t)(deadline_ns / 1000000000u),
 			       .tv_nsec = (long)(deadline_ns % 1000000000u) };
+	int prev;
 
-	if (co__held_fd == fd)
+	if (co__mark_held(fd, &prev))
 		return -EDEADLK;
-	if (pthread_mutex_clocklock(&f->lock, CLOCK_MONOTONIC, &ts) != 0)
+	if (pthread_mutex_clocklock(&f->lock, CLOCK_MONOTONIC, &ts) != 0) {
+		co__unmark_held(prev);
 		return -ETIMEDOUT;
-	co__took_fd(f, fd);
+	}
+	f->held_prev = prev;
 	return 0;
 }
 
 /* Finishes a close handed over to the holder of f's lock (in flush.c). */
 void co__finish_handed_over_close(struct co_fd *f, int fd);
 
+/* Writes that signal handlers made on the fd their own thread held: kept
+ * here, in order, and queued after the interrupted operation (stream.c). */
+#define CO_SIGNAL_WRITES_MAX 2048
+struct co_signal_writes {
+	struct co_ctx *ctx;
+	int fd;
+	size_t len;
+	char buf[CO_SIGNAL_WRITES_MAX];
+};
+extern __thread struct co_signal_writes co__signal_writes
+	__attribute__((tls_model("initial-exec")));
+void co__queue_signal_writes(void);
+
 static inline void co__unlock_fd(struct co_fd *f)
 {
-	int fd = co__held_fd;
+	int prev = f->held_prev;
 
-	co__held_fd = f->held_prev;
 	if (atomic_load_explicit(&f->close_pending, memory_order_acquire))
-		co__finish_handed_over_close(f, fd);
+		co__finish_handed_over_close(f, co__held_fd);
 	pthread_mutex_unlock(&f->lock);
+	co__unmark_held(prev);
+	if (__builtin_expect(co__signal_writes.len != 0, 0))
+		co__queue_signal_writes();
 }
 
 #define CO_FD_CHUNK_BITS 10

@@ -14,6 +14,7 @@
 	X(bytes_queued)                                                        \
 	X(writes_sent_along)                                                   \
 	X(writes_direct)                                                       \
+	X(writes_from_signal_handlers)                                         \
 	X(flush_syscalls)                                                      \
 	X(flush_bytes)                                                         \
 	X(flush_eagain)                                                        \

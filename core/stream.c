@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <signal.h>
+#include <string.h>
 #include <sys/socket.h>
 
 #include "send.h"
@@ -193,6 +195,67 @@ static ssize_t stream_write(struct co_ctx *ctx, int fd, struct co_fd *f,
 	return (ssize_t)total;
 }
 
+/* A signal handler writes on fd while its own thread, interrupted, holds
+ * fd's lock. Keeps the bytes in this thread's co__signal_writes if they fit
+ * (no allocation, no lock: this runs in the handler), to be queued after the
+ * interrupted operation. Returns how many bytes were kept (all of them),
+ * or -1 if they must go to libc. */
+static ssize_t keep_signal_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt,
+			     int flags, unsigned how)
+{
+	size_t total = 0, len = co__signal_writes.len;
+	int i;
+
+	if (how || (flags & ~CO_QUEUE_FLAGS) || iovcnt < 0 || (len && co__signal_writes.fd != fd))
+		return -1;
+	for (i = 0; i < iovcnt; i++) {
+		if (iov[i].iov_len > CO_SIGNAL_WRITES_MAX - len - total)
+			return -1;
+		total += iov[i].iov_len;
+	}
+	for (i = 0; i < iovcnt; i++) {
+		memcpy(co__signal_writes.buf + len, iov[i].iov_base, iov[i].iov_len);
+		len += iov[i].iov_len;
+	}
+	co__signal_writes.ctx = ctx;
+	co__signal_writes.fd = fd;
+	co__signal_writes.len = len;
+	co_stat_add(&ctx->stats, CO_ST_writes_from_signal_handlers, 1);
+	return (ssize_t)total;
+}
+
+void co__queue_signal_writes(void)
+{
+	struct co_ctx *ctx = co__signal_writes.ctx;
+	int fd = co__signal_writes.fd;
+	struct iovec iov = { .iov_base = co__signal_writes.buf };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct co_fd *f = co_fd_find(&ctx->fds, fd);
+	sigset_t all, old;
+
+	/* Still inside the handler, under the interrupted operation: that
+	 * operation's own unlock comes later. */
+	if (!f || co__lock_fd(f, fd) != 0)
+		return;
+	/* No handler may add to the buffer while it is being emptied. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	iov.iov_len = co__signal_writes.len;
+	if (atomic_load(&f->kind) == CO_FD_STREAM &&
+	    pending_append(&f->q, &ctx->sys, &iov, 1, iov.iov_len) == 0) {
+		f->writes++;
+		f->wbytes += iov.iov_len;
+		co__sync_mark(ctx, fd, f);
+	} else {
+		co__flush_locked(ctx, fd, f, CO_ST_flush_order, 0);
+		if (ctx->sys.sendmsg(fd, &msg, MSG_NOSIGNAL) != (ssize_t)iov.iov_len)
+			co_stat_add(&ctx->stats, CO_ST_bytes_dropped, iov.iov_len);
+	}
+	co__signal_writes.len = 0;
+	co__unlock_fd(f);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
 ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt,
 		 int flags, unsigned how, struct co_fd **held)
 {
@@ -213,6 +276,9 @@ ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt
 		return CO_PASSTHROUGH;
 	if (co__lock_fd(f, fd) != 0) {
 		/* A signal handler interrupted this thread inside the shim on fd. */
+		r = keep_signal_write(ctx, fd, iov, iovcnt, flags, how);
+		if (r >= 0)
+			return r;
 		co_stat_add(&ctx->stats, CO_ST_passthrough_reentrant, 1);
 		return CO_PASSTHROUGH;
 	}

@@ -953,6 +953,7 @@ static struct {
 	int other;   /* Another fd. */
 	int entered;
 	ssize_t same_write;
+	ssize_t big_write;
 	ssize_t other_write;
 	int flush_before;
 	struct co_fd *close;
@@ -960,9 +961,12 @@ static struct {
 
 static void reenter(struct co_ctx *ctx)
 {
+	static char big[CO_SIGNAL_WRITES_MAX + 1];
+
 	if (reentry.entered++)
 		return;
 	reentry.same_write = test_write(ctx, reentry.fd, "r", 1, 0);
+	reentry.big_write = test_write(ctx, reentry.fd, big, sizeof(big), 0);
 	reentry.other_write = test_write(ctx, reentry.other, "o", 1, 0);
 	co_flush_all_nowait(ctx, CO_ST_flush_wait);
 	co_flush_if_pending(ctx, CO_ST_flush_read);
@@ -972,10 +976,11 @@ static void reenter(struct co_ctx *ctx)
 	reentry.close = co_close_begin(ctx, reentry.fd);
 }
 
-static void test_reentry_on_the_locked_fd_passes_through(void **state)
+static void test_reentry_on_the_locked_fd_is_queued_after(void **state)
 {
 	struct fixture *fx = *state;
 	struct co_ctx *ctx = fx->ctx;
+	size_t len;
 
 	memset(&reentry, 0, sizeof(reentry));
 	reentry.fd = 5;
@@ -986,13 +991,17 @@ static void test_reentry_on_the_locked_fd_passes_through(void **state)
 	ctx->on_pending = NULL;
 
 	assert_int_equal(reentry.entered, 1);
-	/* A write on the fd being written hands the write back. */
-	assert_int_equal(reentry.same_write, CO_PASSTHROUGH);
+	/* A small write on the fd being written is kept, and queued after the
+	 * interrupted write once that one lets go of the fd. */
+	assert_int_equal(reentry.same_write, 1);
+	assert_int_equal(stat_of(ctx, CO_ST_writes_from_signal_handlers), 1);
+	/* One too big to keep is handed back (it may overtake the queue). */
+	assert_int_equal(reentry.big_write, CO_PASSTHROUGH);
 	assert_int_equal(stat_of(ctx, CO_ST_passthrough_reentrant), 1);
 	/* The rest leaves the fd alone, without waiting for it. */
 	assert_null(reentry.close);
 	assert_int_equal(reentry.flush_before, 0);
-	assert_int_equal(app_queued(ctx, 5), 10);
+	assert_int_equal(app_queued(ctx, 5), 11);
 	assert_int_equal(fake_send_calls(5), 0);
 	assert_false(co_fd_passes(ctx, 5));
 	/* Other fds are served as usual. */
@@ -1000,9 +1009,10 @@ static void test_reentry_on_the_locked_fd_passes_through(void **state)
 	assert_int_equal(app_queued(ctx, 6), 0);
 	assert_int_equal(fake_wire_len(6), 11);
 
-	/* Outside, the fd works again. */
+	/* Outside, the fd works again: the kept byte goes after the others. */
 	co_flush_all_nowait(ctx, CO_ST_flush_wait);
-	assert_true(app_wire_is(&fx->app[0], 10));
+	assert_int_equal(fake_wire_len(5), 11);
+	assert_int_equal(fake_wire(5, &len)[10], 'r');
 	assert_int_equal(stat_of(ctx, CO_ST_passthrough_reentrant), 1);
 }
 
@@ -1062,7 +1072,7 @@ int main(void)
 		T(test_after_fork_child_empties_every_queue),
 		T(test_after_fork_child_frees_locks_held_by_other_threads),
 		T(test_on_pending_once_per_batch),
-		T(test_reentry_on_the_locked_fd_passes_through),
+		T(test_reentry_on_the_locked_fd_is_queued_after),
 		T(test_final_flush_does_not_wait_forever_for_a_busy_fd),
 	};
 	return cmocka_run_group_tests_name("flush", tests, NULL, NULL);
