@@ -29,98 +29,26 @@
 # Re-run under bash when started as `sh script` (the test runner does that).
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -u
+. "$(dirname "${BASH_SOURCE[0]}")/lib.bash"
 
-LIB=${COALESCE_LIB:-./build/libcoalesce.so}
 N_PIPE=10000
 N_BENCH=20000
 
-for t in redis-server redis-cli redis-benchmark; do
-    command -v $t >/dev/null 2>&1 || { echo "skipped: $t not installed"; exit 77; }
-done
-for t in timeout sha256sum base64 awk; do
-    command -v $t >/dev/null 2>&1 || { echo "skipped: $t not installed"; exit 77; }
-done
-if [ ! -f "$LIB" ]; then
-    echo "FAIL: library not found: $LIB (set COALESCE_LIB or run make)"
-    exit 1
-fi
-LIB=$(cd "$(dirname "$LIB")" && pwd)/$(basename "$LIB")
+app_require redis-server redis-cli redis-benchmark timeout sha256sum base64 awk
+app_find_lib
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/coalesce-redis.XXXXXX")
 SPID=""
 PORT=""
-WDPID=""
 BUDGET=${REDIS_TEST_BUDGET:-200}   # seconds for the whole script; the runner allows 300
-cleanup() {
-    [ -n "$WDPID" ] && kill "$WDPID" 2>/dev/null
+app_stop_children() {   # the server, if one is still running
     if [ -n "$SPID" ]; then
         kill "$SPID" 2>/dev/null
         wait "$SPID" 2>/dev/null
     fi
-    if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
 }
-trap cleanup EXIT
-trap 'echo "FAIL: interrupted (or over the ${BUDGET}s budget)"; exit 1' INT TERM HUP
-# watchdog: whatever hangs, the script ends within its budget (plus one bounded command)
-( trap 'kill $sp 2>/dev/null; exit 0' TERM; sleep "$BUDGET" & sp=$!; wait $sp
-  kill -TERM $$ 2>/dev/null ) </dev/null >/dev/null 2>&1 &
-WDPID=$!
-
-FAILS=0
-PASSES=0
-FAIL_MSGS=()
-fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); FAIL_MSGS+=("$(printf '%s' "$*" | cut -c1-160)"); }
-pass() { echo "ok:   $*"; PASSES=$((PASSES + 1)); }
+app_start redis
 
 # ---- helpers ------------------------------------------------------------------------------
-
-USED_PORTS=" "
-port_busy() {
-    if command -v ss >/dev/null 2>&1; then
-        ss -Htan "( sport = :$1 )" 2>/dev/null | grep -q .
-    else
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-    fi
-}
-free_port() {
-    local p i
-    for i in $(seq 1 200); do
-        p=$(( 10000 + (RANDOM * 32768 + RANDOM) % 22000 ))   # below the ephemeral range
-        case "$USED_PORTS" in *" $p "*) continue ;; esac
-        if ! port_busy "$p"; then USED_PORTS="$USED_PORTS$p "; echo "$p"; return 0; fi
-    done
-    return 1
-}
-
-mkdir -p "$TMP/stats"
-# ENVCMD: command prefix running a program with the shim on (1) or off (0)
-set_env() {
-    if [ "$1" = 1 ]; then
-        ENVCMD=(env LD_PRELOAD="$LIB" COALESCE_STATS="$TMP/stats/$2.%p.json")
-    else
-        ENVCMD=(env -u LD_PRELOAD -u COALESCE_STATS)
-    fi
-}
-stat_sum() {   # stat_sum TAG KEY_REGEX: sum over the tag's stats files of the matching keys
-    local tag=$1 key=$2 f v sum=0 n=0
-    for f in "$TMP/stats/$tag".*.json; do
-        [ -e "$f" ] || continue
-        n=$((n + 1))
-        for v in $(sed -n "s/^[[:space:]]*\"$key\"[[:space:]]*:[[:space:]]*\([0-9][0-9]*\).*/\1/p" "$f"); do
-            sum=$((sum + v))
-        done
-    done
-    if [ $n = 0 ]; then echo none; else echo $sum; fi
-}
-# one-line summary of the write counters of a tag: every "writes_*" key, and flush_syscalls
-stat_note() {
-    local tag=$1 f keys k out=""
-    f=$(ls "$TMP/stats/$tag".*.json 2>/dev/null | head -n1)
-    [ -n "$f" ] || { echo "no stats"; return; }
-    keys=$(sed -n 's/^[[:space:]]*"\(writes_[a-z_]*\)".*/\1/p' "$f")
-    for k in $keys flush_syscalls; do out="$out $k=$(stat_sum "$tag" "$k")"; done
-    echo "${out# }"
-}
 
 # Every client command is bounded. The first one that times out marks the variant as hung:
 # the variant's remaining client commands are skipped (so a shim that never flushes costs one
@@ -332,17 +260,15 @@ run_variant() {   # run_variant NAME SERVER_SHIM CLIENT_SHIM
 
     # the shim must have been active where it was loaded: a stats file, and socket writes
     # handled (any "writes_*" counter: queued, or sent directly by the shim's own policy)
-    local note="" q p pname
+    local p pname
+    CASE=$VARIANT; STATS_NOTE=""
     for p in server cli bench; do
         case $p in
             server) [ "$sshim" = 1 ] || continue; pname=redis-server ;;
             cli)    [ "$CSHIM" = 1 ] || continue; pname=redis-cli ;;
             bench)  [ "$CSHIM" = 1 ] || continue; pname=redis-benchmark ;;
         esac
-        q=$(stat_sum "$VARIANT.$p" 'writes_[a-z_]*')
-        note="$note [$pname: $(stat_note "$VARIANT.$p")]"
-        if [ "$q" = none ]; then fail "$VARIANT: no COALESCE_STATS file from the shimmed $pname"; bad=1
-        elif [ "$q" -le 0 ]; then fail "$VARIANT: the shim in $pname handled no socket write"; bad=1; fi
+        check_stats "$VARIANT.$p" "$pname" 1 || bad=1
     done
 
     if [ "$VARIANT" = plain ]; then
@@ -360,7 +286,7 @@ run_variant() {   # run_variant NAME SERVER_SHIM CLIENT_SHIM
             bad=1
         fi
     fi
-    [ $bad = 0 ] && pass "$VARIANT: transcript equal to baseline ($(wc -l < "$tr") lines, ${ms} ms)$note"
+    [ $bad = 0 ] && pass "$VARIANT: transcript equal to baseline ($(wc -l < "$tr") lines, ${ms} ms)$STATS_NOTE"
 }
 
 echo "redis: $(redis-server --version | awk '{print $3}'), library: $LIB"
@@ -368,11 +294,4 @@ run_variant plain 0 0
 run_variant server 1 0
 run_variant client 0 1
 run_variant both 1 1
-
-if [ $FAILS != 0 ]; then
-    echo "failures:"
-    for m in "${FAIL_MSGS[@]}"; do echo "  - $m"; done
-fi
-echo "redis: $PASSES passed, $FAILS failed"
-[ $FAILS = 0 ] || exit 1
-exit 0
+app_finish

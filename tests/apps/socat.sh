@@ -32,121 +32,31 @@
 # Re-run under bash when started as `sh script` (the test runner does that).
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -u
+. "$(dirname "${BASH_SOURCE[0]}")/lib.bash"
 
-LIB=${COALESCE_LIB:-./build/libcoalesce.so}
 MIB=${SOCAT_MIB:-4}
 LINES=${SOCAT_LINES:-1000}
 T=(timeout -k 2 20)          # every socat run is bounded (a normal case takes < 1 s)
 BUDGET=${SOCAT_TEST_BUDGET:-200}   # seconds for the whole script; the runner allows 300
 
-command -v socat >/dev/null 2>&1 || { echo "skipped: socat not installed"; exit 77; }
-for t in timeout sha256sum; do
-    command -v $t >/dev/null 2>&1 || { echo "skipped: $t not installed"; exit 77; }
-done
-if [ ! -f "$LIB" ]; then
-    echo "FAIL: library not found: $LIB (set COALESCE_LIB or run make)"
-    exit 1
-fi
-LIB=$(cd "$(dirname "$LIB")" && pwd)/$(basename "$LIB")
+app_require socat timeout sha256sum
+app_find_lib
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/coalesce-socat.XXXXXX")
 BGPIDS=()
-WDPID=""
-cleanup() {
+app_stop_children() {   # every socat still in the background
     local p
-    [ -n "$WDPID" ] && kill "$WDPID" 2>/dev/null
     for p in "${BGPIDS[@]}"; do kill "$p" 2>/dev/null; done
     for p in "${BGPIDS[@]}"; do wait "$p" 2>/dev/null; done
-    if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
 }
-trap cleanup EXIT
-trap 'echo "FAIL: interrupted (or over the ${BUDGET}s budget)"; exit 1' INT TERM HUP
-# watchdog: whatever hangs, the script ends within its budget (plus one bounded command)
-( trap 'kill $sp 2>/dev/null; exit 0' TERM; sleep "$BUDGET" & sp=$!; wait $sp
-  kill -TERM $$ 2>/dev/null ) </dev/null >/dev/null 2>&1 &
-WDPID=$!
+app_start socat
 
-FAILS=0
-PASSES=0
+# A failed case that timed out counts towards too_many (below).
 TIMEOUTS=0
-FAIL_MSGS=()
-fail() {
-    echo "FAIL: $*"; FAILS=$((FAILS + 1)); FAIL_MSGS+=("$(printf '%s' "$*" | cut -c1-160)")
-    case "$*" in *"exit 124"*|*"exit 137"*|*"within 5 s"*) TIMEOUTS=$((TIMEOUTS + 1)) ;; esac
+app_on_fail() {
+    case "$1" in *"exit 124"*|*"exit 137"*|*"within 5 s"*) TIMEOUTS=$((TIMEOUTS + 1)) ;; esac
 }
-pass() { echo "ok:   $*"; PASSES=$((PASSES + 1)); }
 
 # ---- helpers ------------------------------------------------------------------------------
-
-USED_PORTS=" "
-port_busy() {
-    if command -v ss >/dev/null 2>&1; then
-        ss -Htan "( sport = :$1 )" 2>/dev/null | grep -q .
-    else
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-    fi
-}
-free_port() {
-    local p i
-    for i in $(seq 1 200); do
-        p=$(( 10000 + (RANDOM * 32768 + RANDOM) % 22000 ))   # below the ephemeral range
-        case "$USED_PORTS" in *" $p "*) continue ;; esac
-        if ! port_busy "$p"; then USED_PORTS="$USED_PORTS$p "; echo "$p"; return 0; fi
-    done
-    return 1
-}
-
-# ENVCMD: the command prefix that runs a program with the shim on (1) or off (0).
-# Stats files land in $TMP/stats/<tag>.<pid>.json.
-mkdir -p "$TMP/stats"
-set_env() {
-    if [ "$1" = 1 ]; then
-        ENVCMD=(env LD_PRELOAD="$LIB" COALESCE_STATS="$TMP/stats/$2.%p.json")
-    else
-        ENVCMD=(env -u LD_PRELOAD -u COALESCE_STATS)
-    fi
-}
-
-# sum of one stats key over all stats files of a tag; prints "none" if there are none
-stat_sum() {   # stat_sum TAG KEY_REGEX: sum over the tag's stats files of the matching keys
-    local tag=$1 key=$2 f v sum=0 n=0
-    for f in "$TMP/stats/$tag".*.json; do
-        [ -e "$f" ] || continue
-        n=$((n + 1))
-        for v in $(sed -n "s/^[[:space:]]*\"$key\"[[:space:]]*:[[:space:]]*\([0-9][0-9]*\).*/\1/p" "$f"); do
-            sum=$((sum + v))
-        done
-    done
-    if [ $n = 0 ]; then echo none; else echo $sum; fi
-}
-# one-line summary of the write counters of a tag: every "writes_*" key, and flush_syscalls
-stat_note() {
-    local tag=$1 f keys k out=""
-    f=$(ls "$TMP/stats/$tag".*.json 2>/dev/null | head -n1)
-    [ -n "$f" ] || { echo "no stats"; return; }
-    keys=$(sed -n 's/^[[:space:]]*"\(writes_[a-z_]*\)".*/\1/p' "$f")
-    for k in $keys flush_syscalls; do out="$out $k=$(stat_sum "$tag" "$k")"; done
-    echo "${out# }"
-}
-
-# check_stats TAG WHAT MUST_SEE: the shimmed process must have written its stats file, and
-# (if MUST_SEE=1) its shim must have handled at least one socket write (any "writes_*"
-# counter: queued, or sent directly by the shim's own policy); returns 1 on failure
-STATS_NOTE=""
-check_stats() {
-    local tag=$1 what=$2 must=$3 seen
-    seen=$(stat_sum "$tag" 'writes_[a-z_]*')
-    STATS_NOTE="$STATS_NOTE [$what: $(stat_note "$tag")]"
-    if [ "$seen" = none ]; then
-        fail "$CASE: no COALESCE_STATS file from the shimmed $what (library not loaded, or no stats at exit)"
-        return 1
-    fi
-    if [ "$must" = 1 ] && [ "$seen" -le 0 ]; then
-        fail "$CASE: the shim in $what handled no socket write (all writes_* counters 0): it never intercepted"
-        return 1
-    fi
-    return 0
-}
 
 # wait until a socat listener logged "listening on" (it was started with -d -d)
 wait_listen() {
@@ -159,12 +69,39 @@ wait_listen() {
     return 1
 }
 
+# start_listener SHIM TAG LOG WHAT SOCAT_ARGS...: starts the listening socat of the case (WHAT
+# in messages) in the background, bounded by T, with the shim on or off (stats tagged TAG) and
+# its stderr in LOG; sets LPID, and waits until it listens. If it does not, fails the case
+# (showing LOG) and returns 1.
+start_listener() {
+    local shim=$1 tag=$2 log=$3 what=$4
+    shift 4
+    set_env "$shim" "$tag"
+    "${T[@]}" "${ENVCMD[@]}" socat "$@" 2>"$log" &
+    LPID=$!; BGPIDS+=("$LPID")
+    if ! wait_listen "$log" "$LPID"; then
+        fail "$CASE: $what did not start listening"; sed 's/^/    /' "$log"; return 1
+    fi
+    return 0
+}
+
 # wait for a background pid; returns its exit code
 wait_bg() {
     local pid=$1 rc
     wait "$pid"; rc=$?
     BGPIDS=("${BGPIDS[@]/$pid}")
     return $rc
+}
+
+# exits_ok WHAT1 RC1 LOG1 WHAT2 RC2 LOG2: both processes of the case must have exited 0; if
+# not, fails the case (showing the end of both logs) and returns 1
+exits_ok() {
+    if [ "$2" != 0 ] || [ "$5" != 0 ]; then
+        fail "$CASE: $1 exit $2, $4 exit $5"
+        tail -n 5 "$3" "$6" | sed 's/^/    /'
+        return 1
+    fi
+    return 0
 }
 
 # addresses for a family: sets LISTEN and CONNECT
@@ -245,23 +182,16 @@ uni() {
     set_addrs "$fam" "$name" "$nodelay" || { fail "$CASE: set-up"; return; }
     local t0=$(date +%s%N)
 
-    set_env "$rs" "$name.recv"
-    "${T[@]}" "${ENVCMD[@]}" socat -d -d -u "$LISTEN" "OPEN:$out,creat,trunc" 2>"$log.recv" &
-    rpid=$!; BGPIDS+=("$rpid")
-    if ! wait_listen "$log.recv" "$rpid"; then
-        fail "$CASE: receiver did not start listening"; sed 's/^/    /' "$log.recv"; return
-    fi
+    start_listener "$rs" "$name.recv" "$log.recv" receiver \
+        -d -d -u "$LISTEN" "OPEN:$out,creat,trunc" || return
+    rpid=$LPID
     set_env "$ss" "$name.send"
     "${T[@]}" "${ENVCMD[@]}" socat -b "$bs" -u "OPEN:$data" "$CONNECT" 2>"$log.send"
     src=$?
     wait_bg "$rpid"; rrc=$?
     local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 
-    if [ $src != 0 ] || [ $rrc != 0 ]; then
-        fail "$CASE: sender exit $src, receiver exit $rrc"
-        tail -n 5 "$log.send" "$log.recv" | sed 's/^/    /'
-        return
-    fi
+    exits_ok sender $src "$log.send" receiver $rrc "$log.recv" || return
     if [ "$data" = "$TMP/big" ]; then want=$SHA_big; else want=$SHA_small; fi
     got=$(sha256sum < "$out" | cut -d' ' -f1)
     if [ "$got" != "$want" ]; then
@@ -287,23 +217,16 @@ echo_case() {
     set_addrs "$fam" "$name" 1 || { fail "$CASE: set-up"; return; }
     local t0=$(date +%s%N)
 
-    set_env "$ss" "$name.server"
-    "${T[@]}" "${ENVCMD[@]}" socat -d -d -t 10 -b "$bs" "$LISTEN" EXEC:cat 2>"$log.server" &
-    spid=$!; BGPIDS+=("$spid")
-    if ! wait_listen "$log.server" "$spid"; then
-        fail "$CASE: server did not start listening"; sed 's/^/    /' "$log.server"; return
-    fi
+    start_listener "$ss" "$name.server" "$log.server" server \
+        -d -d -t 10 -b "$bs" "$LISTEN" EXEC:cat || return
+    spid=$LPID
     set_env "$cs" "$name.client"
     "${T[@]}" "${ENVCMD[@]}" socat -t 10 -b "$bs" - "$CONNECT" < "$TMP/small" > "$out" 2>"$log.client"
     crc=$?
     wait_bg "$spid"; src=$?
     local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 
-    if [ $crc != 0 ] || [ $src != 0 ]; then
-        fail "$CASE: client exit $crc, server exit $src"
-        tail -n 5 "$log.client" "$log.server" | sed 's/^/    /'
-        return
-    fi
+    exits_ok client $crc "$log.client" server $src "$log.server" || return
     got=$(sha256sum < "$out" | cut -d' ' -f1)
     if [ "$got" != "$SHA_small" ]; then
         fail "$CASE: echoed data differs: sent $(stat -c %s "$TMP/small") bytes, got back $(stat -c %s "$out")"
@@ -327,12 +250,9 @@ lines_case() {
     set_addrs "$fam" "$name" 1 || { fail "$CASE: set-up"; return; }
     local t0=$(date +%s%N)
 
-    set_env "$ss" "$name.server"
-    "${T[@]}" "${ENVCMD[@]}" socat -d -d -t 5 "$LISTEN" EXEC:cat 2>"$log.server" &
-    spid=$!; BGPIDS+=("$spid")
-    if ! wait_listen "$log.server" "$spid"; then
-        fail "$CASE: server did not start listening"; sed 's/^/    /' "$log.server"; return
-    fi
+    start_listener "$ss" "$name.server" "$log.server" server \
+        -d -d -t 5 "$LISTEN" EXEC:cat || return
+    spid=$LPID
     set_env "$cs" "$name.client"
     coproc CLI { exec "${T[@]}" "${ENVCMD[@]}" socat -t 5 - "$CONNECT" 2>"$log.client"; }
     cpid=$CLI_PID; BGPIDS+=("$cpid")
@@ -354,11 +274,7 @@ lines_case() {
     if [ -n "$bad" ]; then
         fail "$CASE: $bad"; tail -n 5 "$log.client" "$log.server" | sed 's/^/    /'; return
     fi
-    if [ $crc != 0 ] || [ $src != 0 ]; then
-        fail "$CASE: client exit $crc, server exit $src"
-        tail -n 5 "$log.client" "$log.server" | sed 's/^/    /'
-        return
-    fi
+    exits_ok client $crc "$log.client" server $src "$log.server" || return
     local ok=1
     if [ "$cs" = 1 ]; then check_stats "$name.client" client 1 || ok=0; fi
     if [ "$ss" = 1 ]; then check_stats "$name.server" "server+cat" 1 || ok=0; fi
@@ -383,23 +299,16 @@ burst_case() {
     set_addrs "$fam" "$name" 1 || { fail "$CASE: set-up"; return; }
     local t0=$(date +%s%N)
 
-    set_env "$ss" "$name.server"
-    "${T[@]}" "${ENVCMD[@]}" socat -d -d -t 5 "$LISTEN" "EXEC:perl $script" 2>"$log.server" &
-    spid=$!; BGPIDS+=("$spid")
-    if ! wait_listen "$log.server" "$spid"; then
-        fail "$CASE: server did not start listening"; sed 's/^/    /' "$log.server"; return
-    fi
+    start_listener "$ss" "$name.server" "$log.server" server \
+        -d -d -t 5 "$LISTEN" "EXEC:perl $script" || return
+    spid=$LPID
     set_env "$cs" "$name.client"
     "${T[@]}" "${ENVCMD[@]}" socat -u "$CONNECT" "OPEN:$out,creat,trunc" 2>"$log.client"
     crc=$?
     wait_bg "$spid"; src=$?
     local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 
-    if [ $crc != 0 ] || [ $src != 0 ]; then
-        fail "$CASE: client exit $crc, server exit $src"
-        tail -n 5 "$log.client" "$log.server" | sed 's/^/    /'
-        return
-    fi
+    exits_ok client $crc "$log.client" server $src "$log.server" || return
     if ! cmp -s "$expected" "$out"; then
         fail "$CASE: data differs: expected $(stat -c %s "$expected") bytes, got $(stat -c %s "$out");" \
              "$(cmp "$expected" "$out" 2>&1 | head -n1 | sed 's/^[^ ]* [^ ]* //');" \
@@ -464,11 +373,4 @@ run_all() {
     done
 }
 run_all
-
-if [ $FAILS != 0 ]; then
-    echo "failures:"
-    for m in "${FAIL_MSGS[@]}"; do echo "  - $m"; done
-fi
-echo "socat: $PASSES passed, $FAILS failed"
-[ $FAILS = 0 ] || exit 1
-exit 0
+app_finish

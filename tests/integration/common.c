@@ -781,6 +781,38 @@ void co_wait_ok(struct co_child *c, const char *what)
 		co_fail("%s: the child under the shim %s", what, co_status_str(st));
 }
 
+void co_spawn_fds(struct co_child *c, const char *const *args, const char *const *env, int fd3,
+		  int fd4)
+{
+	struct co_fdmap map[2] = { { fd3, 3 }, { fd4, 4 } };
+
+	co_spawn(c, args, map, fd4 >= 0 ? 2 : 1, env, 1);
+	close(fd3);
+	if (fd4 >= 0)
+		close(fd4);
+}
+
+int co_spawn_on_pair(struct co_child *c, const char *const *args, const char *const *env,
+		     int fd4)
+{
+	int wfd, rfd;
+
+	if (co_tcp_pair(AF_INET, &wfd, &rfd) < 0)
+		co_fail("tcp pair: %s", strerror(errno));
+	co_spawn_fds(c, args, env, wfd, fd4);
+	return rfd;
+}
+
+void co_spawn_recv_stream(struct co_child *c, const char *const *args, const char *const *env,
+			  uint64_t key, uint64_t total, const char *what)
+{
+	int rfd = co_spawn_on_pair(c, args, env, -1);
+
+	co_phase("%s: receiving %llu bytes, then EOF", what, (unsigned long long)total);
+	co_recv_verify_stream(rfd, key, total, what);
+	close(rfd);
+}
+
 /* ---- stats ------------------------------------------------------------------------------ */
 
 int co_stats_get(const struct co_child *c, const char *key, long long *val)
@@ -865,6 +897,175 @@ void co_stats_expect_coalesced(const struct co_child *c, long long min_queued, l
 	if (fs * ratio > wq)
 		co_fail("%s: no coalescing: stats flush_syscalls=%lld for writes_queued=%lld (expected at most 1 flush per %lld queued writes)",
 			what, fs, wq, ratio);
+}
+
+/* ---- a writer that meets EAGAIN ---------------------------------------------------------- */
+
+/* The size of the writer's next call: mostly 1-256 bytes, sometimes up to
+ * 4 KiB, and one in a hundred 32-64 KiB (not copied: goes out with the
+ * queue). */
+static size_t co_eagain_next_size(struct co_rng *r)
+{
+	unsigned x = (unsigned)co_range(r, 0, 999);
+
+	if (x < 900)
+		return co_range(r, 1, 256);
+	if (x < 990)
+		return co_range(r, 257, 4096);
+	return co_range(r, 32768, 65536);
+}
+
+void co_eagain_write(uint64_t stream, const struct co_eagain_ops *ops)
+{
+	static unsigned char buf[65536];
+	uint64_t off = 0, key = co_stream_key(stream);
+	struct co_rng r;
+	unsigned long eagain = 0, calls = 0, partial = 0;
+	int fd = 3, ctl = 4;
+	char line[128];
+
+	co_rng_init(&r, co_seed, 77 + stream);
+	while (off < CO_EAGAIN_TOTAL) {
+		size_t size = co_eagain_next_size(&r);
+		int api = (int)co_range(&r, 0, 2);
+		ssize_t w;
+
+		if (size > CO_EAGAIN_TOTAL - off)
+			size = CO_EAGAIN_TOTAL - off;
+		co_stream_fill(key, off, buf, size);
+		calls++;
+		w = ops->write(ops->arg, fd, buf, size, api);
+		if (w > 0) {
+			if ((size_t)w > size)
+				co_fail("write of %zu returned %zd", size, w);
+			if ((size_t)w < size)
+				partial++;
+			off += (uint64_t)w;
+			continue;
+		}
+		if (w == 0)
+			co_fail("write of %zu bytes at offset %llu returned 0", size,
+				(unsigned long long)off);
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN)
+			co_fail("write of %zu bytes at offset %llu: %s", size,
+				(unsigned long long)off, strerror(errno));
+		if (eagain++ == 0)
+			co_write_all(ctl, "A", 1, "control pipe");
+		ops->wait_room(ops->arg, fd, eagain, off);
+	}
+	snprintf(line, sizeof(line), "eagain=%lu calls=%lu partial=%lu\n", eagain, calls, partial);
+	co_write_all(ctl, line, strlen(line), "control pipe");
+	if (close(fd) < 0)
+		co_fail("close: %s", strerror(errno));
+}
+
+/* Reads and verifies up to max bytes (one read call) of the stream at *off;
+ * returns 0 at EOF. */
+static size_t co_eagain_recv_some(int fd, uint64_t key, uint64_t *off, size_t max)
+{
+	static unsigned char buf[256 * 1024];
+	ssize_t r;
+	size_t bad;
+
+	if (max > sizeof(buf))
+		max = sizeof(buf);
+	do
+		r = read(fd, buf, max);
+	while (r < 0 && errno == EINTR);
+	if (r < 0)
+		co_fail("read at offset %llu: %s", (unsigned long long)*off, strerror(errno));
+	if (*off + (uint64_t)r > CO_EAGAIN_TOTAL)
+		co_fail("received more than the %u bytes sent", CO_EAGAIN_TOTAL);
+	bad = co_stream_check(key, *off, buf, (size_t)r);
+	if (bad < (size_t)r)
+		co_stream_mismatch("stream", key, *off + bad, buf + bad, (size_t)r - bad);
+	*off += (uint64_t)r;
+	return (size_t)r;
+}
+
+/* Reads nothing until the writer reports its first EAGAIN on ctl. */
+static void co_eagain_await_first(int ctl, const struct co_eagain_variant *v)
+{
+	struct pollfd pfd = { .fd = ctl, .events = POLLIN };
+
+	co_phase("%s: not reading: waiting for the writer to report its first EAGAIN", v->how);
+	for (;;) {
+		int k = poll(&pfd, 1, 10000);
+		char ch;
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k == 0)
+			co_fail("%s: the writer never got EAGAIN within 10 s although nobody read its socket: %s blocked (or the shim queues without bound)",
+				v->how, v->blocked);
+		if (read(ctl, &ch, 1) != 1 || ch != 'A')
+			co_fail("%s: the writer exited before reporting EAGAIN", v->how);
+		break;
+	}
+}
+
+void co_eagain_run(const struct co_eagain_variant *v)
+{
+	struct co_child c;
+	char stream[16];
+	const char *args[] = { stream, v->mode, NULL };
+	const char *how = v->how;
+	int wfd, rfd, ctl[2], i, sz = v->big ? 4 << 20 : 16384;
+	uint64_t key = co_stream_key((uint64_t)v->stream), off = 0;
+	char sum[256], *p;
+	size_t n;
+	unsigned long eagain = 0, calls = 0, partial = 0;
+
+	snprintf(stream, sizeof(stream), "%d", v->stream);
+	if (co_tcp_pair(AF_INET, &wfd, &rfd) < 0)
+		co_fail("tcp pair: %s", strerror(errno));
+	/* Small buffers: many EAGAIN / EPOLLOUT cycles while the reader is
+	 * slow. Big ones, with a fast reader: the queue fills long before the
+	 * socket does, and an EAGAIN there would be the shim's own (no edge
+	 * would follow). */
+	if (setsockopt(wfd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz)) < 0 ||
+	    setsockopt(rfd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz)) < 0)
+		co_fail("setsockopt SO_SNDBUF/SO_RCVBUF: %s", strerror(errno));
+	if (pipe2(ctl, O_CLOEXEC) < 0)
+		co_fail("pipe: %s", strerror(errno));
+	co_spawn_fds(&c, args, NULL, wfd, ctl[1]);
+
+	if (!v->big) {
+		co_eagain_await_first(ctl[0], v);
+		co_phase("%s: slow reads (offset %llu)", how, (unsigned long long)off);
+		for (i = 0; i < 250; i++) {
+			struct co_rng r;
+
+			co_rng_init(&r, co_seed, 1000 + (uint64_t)i);
+			if (co_eagain_recv_some(rfd, key, &off, co_range(&r, 512, 4096)) == 0)
+				break;
+			co_sleep_ms(2);
+		}
+	}
+	co_phase("%s: fast reads (offset %llu)", how, (unsigned long long)off);
+	while (co_eagain_recv_some(rfd, key, &off, 256 * 1024) > 0)
+		;
+	if (off != CO_EAGAIN_TOTAL)
+		co_fail("%s: EOF after %llu bytes, expected %u (%llu lost)", how,
+			(unsigned long long)off, CO_EAGAIN_TOTAL,
+			(unsigned long long)(CO_EAGAIN_TOTAL - off));
+	close(rfd);
+
+	co_phase("%s: reading the writer's summary", how);
+	n = co_read_full(ctl[0], sum, sizeof(sum) - 1, "control pipe");
+	sum[n] = '\0';
+	p = sum[0] == 'A' ? sum + 1 : sum;
+	if (sscanf(p, "eagain=%lu calls=%lu partial=%lu", &eagain, &calls, &partial) != 3)
+		co_fail("%s: bad summary from the writer: \"%s\"", how, sum);
+	co_wait_ok(&c, how);
+	co_info("%s: writer: %lu calls, %lu EAGAIN, %lu partial writes", how, calls, eagain,
+		partial);
+	if (!v->big && eagain == 0)
+		co_fail("%s: the writer never saw EAGAIN: the test did not exercise it", how);
+	co_stats_expect_coalesced(&c, (long long)calls / 4, 4, how);
+	close(ctl[0]);
 }
 
 /* ---- misc ------------------------------------------------------------------------------- */

@@ -177,6 +177,25 @@ void co_wait_ok(struct co_child *c, const char *what);
 /* Describes a wait status ("exited 3", "killed by signal 13 (Broken pipe)"). */
 const char *co_status_str(int status);
 
+/* Starts the child (co_spawn, with a stats file) with fd3 as its fd 3 and,
+ * unless fd4 is -1, fd4 as its fd 4, then closes fd3 and fd4 in the parent:
+ * they are handed over to the child, and the parent keeps no copy. */
+void co_spawn_fds(struct co_child *c, const char *const *args, const char *const *env, int fd3,
+		  int fd4);
+/* Makes a TCP pair over IPv4 loopback (fails the test if it cannot) and
+ * starts the child (co_spawn_fds) with one end as its fd 3 and fd4 (or -1)
+ * as its fd 4. Returns the other end, on which the parent receives what the
+ * child writes to its fd 3. */
+int co_spawn_on_pair(struct co_child *c, const char *const *args, const char *const *env,
+		     int fd4);
+/* Starts the child on a TCP pair (co_spawn_on_pair, no fd 4), receives what
+ * it writes until EOF and verifies it (co_recv_verify_stream: total bytes
+ * of stream key; what names the stream in messages and in the phase), then
+ * closes the receiving end. Fails the test on any difference; waiting for
+ * the child is left to the caller. */
+void co_spawn_recv_stream(struct co_child *c, const char *const *args, const char *const *env,
+			  uint64_t key, uint64_t total, const char *what);
+
 /* ---- stats ------------------------------------------------------------------------------ */
 
 /* Reads key from the child's stats file. Returns 0 and sets *val, -1 if the
@@ -190,6 +209,57 @@ void co_stats_expect_coalesced(const struct co_child *c, long long min_queued, l
 			       const char *what);
 /* Prints the interesting counters (verbose mode). */
 void co_stats_dump(const struct co_child *c, const char *what);
+
+/* ---- a writer that meets EAGAIN (nonblocking_epoll_et, msg_dontwait) --------------------- */
+
+/* The two tests differ only in the writer's calls. The child writes
+ * CO_EAGAIN_TOTAL bytes of a stream to its fd 3 (a TCP socket) in random
+ * sizes, mostly small, with calls that must never block, and waits for room
+ * after each EAGAIN. It reports its first EAGAIN on its fd 4 (a pipe) and at
+ * the end sends a summary there. The parent reads nothing until that first
+ * EAGAIN (so a call that blocks shows up as a hang), then reads slowly,
+ * then fast, and verifies every byte. */
+#define CO_EAGAIN_TOTAL (8u << 20)
+/* An edge (or POLLOUT) that has not come by then never will. */
+#define CO_EAGAIN_WAIT_MS 5000
+
+/* What the child of such a test does in its own way. */
+struct co_eagain_ops {
+	/* Makes one call that writes size bytes of buf to fd and must not
+	 * block; api (0, 1 or 2, drawn at random for each call) picks which
+	 * call. Returns what that call returned, with its errno. */
+	ssize_t (*write)(void *arg, int fd, unsigned char *buf, size_t size, int api);
+	/* Waits for room on fd after EAGAIN number eagain at stream offset
+	 * off; fails the test if none comes within CO_EAGAIN_WAIT_MS. */
+	void (*wait_room)(void *arg, int fd, unsigned long eagain, uint64_t off);
+	void *arg;
+};
+
+/* Child side: writes stream number stream (co_stream_key) to fd 3 through
+ * ops until CO_EAGAIN_TOTAL bytes have been written, continuing short
+ * writes, retrying EINTR and waiting for room after EAGAIN; writes "A" to
+ * fd 4 at the first EAGAIN and the summary "eagain=N calls=N partial=N"
+ * at the end, then closes fd 3. Fails the test on any other error. */
+void co_eagain_write(uint64_t stream, const struct co_eagain_ops *ops);
+
+/* One variant, as the parent runs it. */
+struct co_eagain_variant {
+	int stream;          /* stream number: the child's first argument */
+	const char *mode;    /* the child's second argument, or NULL for none */
+	const char *how;     /* names the variant in messages */
+	int big;             /* big socket buffers, and a fast reader from the start */
+	const char *blocked; /* the call named if no EAGAIN comes: "a nonblocking write" */
+};
+
+/* Parent side: starts the child (arguments: the stream number, then mode if
+ * not NULL) on a TCP pair with 16 KiB socket buffers (4 MiB if big) and a
+ * control pipe; unless big, reads nothing until the child reports its first
+ * EAGAIN (fails after 10 s without it), then makes 250 slow reads of
+ * 512-4096 bytes; then reads fast until EOF. Verifies every byte and that
+ * exactly CO_EAGAIN_TOTAL arrived, that the child exited 0, that it saw
+ * EAGAIN (unless big), and that the stats show coalescing: at least a
+ * quarter of its calls queued, at least 4 queued writes per flush. */
+void co_eagain_run(const struct co_eagain_variant *v);
 
 /* ---- misc ------------------------------------------------------------------------------- */
 

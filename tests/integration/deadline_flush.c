@@ -97,7 +97,6 @@ int main(int argc, char **argv)
 	for (v = 0; v < NVARIANTS; v++) {
 		const struct variant *vp = &variants[v];
 		struct co_child c;
-		struct co_fdmap map[2];
 		const char *env[] = { vp->env, NULL };
 		char vs[16];
 		const char *args[] = { vs, NULL };
@@ -105,7 +104,7 @@ int main(int argc, char **argv)
 		unsigned char buf[4096];
 		uint64_t key = co_stream_key((uint64_t)v);
 		size_t first = 0, got = 0, bad;
-		int i, wfd, rfd, ctl[2], st;
+		int i, rfd, ctl[2], st;
 		struct pollfd pfd;
 		pid_t w;
 		long long wq;
@@ -114,17 +113,10 @@ int main(int argc, char **argv)
 		co_rng_init(&pr, co_seed, (uint64_t)v);
 		for (i = 0; i < MSGS; i++)
 			first += msg_len(&pr);
-		if (co_tcp_pair(AF_INET, &wfd, &rfd) < 0)
-			co_fail("tcp pair: %s", strerror(errno));
 		if (pipe2(ctl, O_CLOEXEC) < 0)
 			co_fail("pipe: %s", strerror(errno));
-		map[0].from = wfd;
-		map[0].to = 3;
-		map[1].from = ctl[1];
-		map[1].to = 4;
-		co_spawn(&c, args, map, 2, env, 1);
-		close(wfd);
-		close(ctl[1]);
+		/* The writer reports its wake-up on the pipe (its fd 4). */
+		rfd = co_spawn_on_pair(&c, args, env, ctl[1]);
 
 		co_phase("%s: waiting for the %zu bytes written before the sleep", vp->name, first);
 		while (got < first) {

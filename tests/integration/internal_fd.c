@@ -84,29 +84,21 @@ int main(int argc, char **argv)
 	co_watchdog(60);
 	for (v = 0; v < NVARIANTS; v++) {
 		struct co_child c;
-		struct co_fdmap map[2];
 		char vs[16], ps[16];
 		const char *args[] = { vs, ps, NULL };
 		unsigned char buf[2 * MSG + BMSG + 16];
 		uint64_t key = co_stream_key((uint64_t)v);
-		int a, ra, lfd, port, rb, ctl[2], flusher_dead;
+		int ra, lfd, port, rb, ctl[2], flusher_dead;
 		size_t got, bad;
 		struct pollfd pfd;
 
 		snprintf(vs, sizeof(vs), "%d", v);
-		if (co_tcp_pair(AF_INET, &a, &ra) < 0)
-			co_fail("tcp pair: %s", strerror(errno));
 		lfd = co_tcp_listen(AF_INET, &port);
 		if (lfd < 0 || pipe2(ctl, O_CLOEXEC) < 0)
 			co_fail("listen/pipe: %s", strerror(errno));
 		snprintf(ps, sizeof(ps), "%d", port);
-		map[0].from = a;
-		map[0].to = 3;
-		map[1].from = ctl[1];
-		map[1].to = 4;
-		co_spawn(&c, args, map, 2, NULL, 1);
-		close(a);
-		close(ctl[1]);
+		/* Connection A is the writer's fd 3, the wake-up pipe its fd 4. */
+		ra = co_spawn_on_pair(&c, args, NULL, ctl[1]);
 
 		co_phase("%s: waiting for the first message on A", variants[v]);
 		if (co_read_full(ra, buf, MSG, "A") != MSG)

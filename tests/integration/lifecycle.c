@@ -127,28 +127,19 @@ int main(int argc, char **argv)
 	co_watchdog(60);
 	for (v = 0; v < NVARIANTS; v++) {
 		struct co_child c;
-		struct co_fdmap map[1];
 		const char *env[] = { CO_LONG_DELAY, NULL };
 		char vs[16];
 		const char *args[] = { vs, NULL };
 		struct co_rng pr;
 		uint64_t total = 0;
 		long long n;
-		int i, wfd, rfd;
+		int i;
 
 		snprintf(vs, sizeof(vs), "%d", v);
 		co_rng_init(&pr, co_seed, (uint64_t)v);
 		for (i = 0; i < WRITES; i++)
 			total += size_of(&pr);
-		if (co_tcp_pair(AF_INET, &wfd, &rfd) < 0)
-			co_fail("tcp pair: %s", strerror(errno));
-		map[0].from = wfd;
-		map[0].to = 3;
-		co_spawn(&c, args, map, 1, env, 1);
-		close(wfd);
-		co_phase("%s: receiving %llu bytes", variants[v], (unsigned long long)total);
-		co_recv_verify_stream(rfd, co_stream_key((uint64_t)v), total, variants[v]);
-		close(rfd);
+		co_spawn_recv_stream(&c, args, env, co_stream_key((uint64_t)v), total, variants[v]);
 		co_phase("%s: waiting for the writer", variants[v]);
 		co_wait_ok(&c, variants[v]);
 		/* An exec'd writer leaves its statistics to the new program. */

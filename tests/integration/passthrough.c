@@ -166,7 +166,6 @@ static void child_nonsock(const char *path)
 static void parent_nonsock(void)
 {
 	struct co_child c;
-	struct co_fdmap map[2];
 	char path[600];
 	const char *args[] = { "nonsock", path, NULL };
 	int data[2], wr[2], i, j, fd;
@@ -178,13 +177,7 @@ static void parent_nonsock(void)
 	snprintf(path, sizeof(path), "%s/passthrough-file.%d", getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
 	if (pipe2(data, O_CLOEXEC) < 0 || pipe2(wr, O_CLOEXEC) < 0)
 		co_fail("pipe: %s", strerror(errno));
-	map[0].from = data[1];
-	map[0].to = 3;
-	map[1].from = wr[1];
-	map[1].to = 4;
-	co_spawn(&c, args, map, 2, NULL, 1);
-	close(data[1]);
-	close(wr[1]);
+	co_spawn_fds(&c, args, NULL, data[1], wr[1]);
 	co_rng_init(&r, co_seed, 10);
 	for (i = 0; i < PIPE_BATCHES; i++) {
 		int n = (int)co_range(&r, 1, 8);
@@ -278,7 +271,6 @@ static void parent_sync(int disabled)
 {
 	const char *what = disabled ? "disabled" : "enabled";
 	struct co_child c;
-	struct co_fdmap map[2];
 	const char *args[] = { "sync", NULL };
 	const char *env_dis[] = { "COALESCE_DISABLE=1", CO_LONG_DELAY, NULL };
 	const char *env_en[] = { CO_LONG_DELAY, NULL };
@@ -290,13 +282,7 @@ static void parent_sync(int disabled)
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0 || pipe2(wr, O_CLOEXEC) < 0)
 		co_fail("socketpair/pipe: %s", strerror(errno));
-	map[0].from = sv[0];
-	map[0].to = 3;
-	map[1].from = wr[1];
-	map[1].to = 4;
-	co_spawn(&c, args, map, 2, disabled ? env_dis : env_en, 1);
-	close(sv[0]);
-	close(wr[1]);
+	co_spawn_fds(&c, args, disabled ? env_dis : env_en, sv[0], wr[1]);
 	co_rng_init(&r, co_seed, 20);
 	for (i = 0; i < SYNC_ROUNDS; i++) {
 		int n = (int)co_range(&r, 2, 4), j;
@@ -414,7 +400,6 @@ static void child_udp(void)
 static void parent_udp(void)
 {
 	struct co_child c;
-	struct co_fdmap map[1];
 	const char *args[] = { "udp", NULL };
 	struct sockaddr_storage a, b;
 	socklen_t al = sizeof(a), bl = sizeof(b);
@@ -435,10 +420,7 @@ static void parent_udp(void)
 	    connect(s1, (struct sockaddr *)&b, bl) < 0 || connect(s2, (struct sockaddr *)&a, al) < 0)
 		co_fail("udp setup: %s", strerror(errno));
 	setsockopt(s2, SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
-	map[0].from = s1;
-	map[0].to = 3;
-	co_spawn(&c, args, map, 1, NULL, 1);
-	close(s1);
+	co_spawn_fds(&c, args, NULL, s1, -1);
 	co_rng_init(&r, co_seed, 30);
 	for (i = 0; i < DGRAMS; i++) {
 		size_t len = dgram_size(&r), bad;

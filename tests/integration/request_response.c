@@ -218,7 +218,6 @@ static int child_main(int argc, char **argv)
 int main(int argc, char **argv)
 {
 	struct co_child c;
-	struct co_fdmap map[1];
 	const char *env[] = { CO_LONG_DELAY, NULL };
 	unsigned char buf[MAX_REQ];
 	int wfd, sfd, v, i, one = 1;
@@ -234,10 +233,7 @@ int main(int argc, char **argv)
 	/* The echo server answers at once: a stall is the client's. */
 	setsockopt(sfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	setsockopt(wfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	map[0].from = wfd;
-	map[0].to = 3;
-	co_spawn(&c, NULL, map, 1, env, 1);
-	close(wfd);
+	co_spawn_fds(&c, NULL, env, wfd, -1);
 
 	for (v = 0; v < V_COUNT; v++) {
 		for (i = 0; i < rounds(v); i++, seq++) {

@@ -190,11 +190,10 @@ static int need(int fd, size_t n, const char *what)
 int main(int argc, char **argv)
 {
 	struct co_child c;
-	struct co_fdmap map[1];
 	struct co_rng lens[MAX_THREADS];
 	unsigned next_seq[MAX_THREADS] = { 0 };
 	long long records = 0;
-	int wfd, rfd, i;
+	int rfd, i;
 
 	if (argc > 1 && strcmp(argv[1], CO_CHILD_FLAG) == 0)
 		return child_main(argc - 2, argv + 2);
@@ -203,12 +202,7 @@ int main(int argc, char **argv)
 	nthreads = thread_count();
 	for (i = 0; i < nthreads; i++)
 		co_rng_init(&lens[i], co_seed, (uint64_t)i);
-	if (co_tcp_pair(AF_INET, &wfd, &rfd) < 0)
-		co_fail("tcp pair: %s", strerror(errno));
-	map[0].from = wfd;
-	map[0].to = 3;
-	co_spawn(&c, NULL, map, 1, NULL, 1);
-	close(wfd);
+	rfd = co_spawn_on_pair(&c, NULL, NULL, -1);
 	co_phase("receiving %d threads x %d records", nthreads, RECORDS);
 
 	for (;;) {
