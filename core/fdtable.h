@@ -23,7 +23,7 @@ enum co_fd_kind {
 struct co_fd {
 	pthread_mutex_t lock;
 	_Atomic unsigned char kind;
-	int deferred_err;   /* errno of a failed deferred flush, reported on the next write. */
+	_Atomic int deferred_err; /* errno of a failed deferred flush, for the next call. */
 	unsigned writes;    /* Application writes queued since the last flush syscall. */
 	size_t wbytes;      /* Their bytes. */
 	uint64_t first_ns;  /* When the oldest queued byte was queued. */
@@ -164,6 +164,7 @@ struct co_fdtable {
 	_Atomic unsigned long pending_bits[CO_FD_LIMIT / CO_FD_WORD_BITS];
 	_Atomic int pending_count; /* Number of bits set above. */
 	_Atomic int pending_top;   /* Highest fd that ever had a queue, or -1. */
+	_Atomic int error_count;   /* Entries holding a deferred error. */
 };
 
 void co_fdtable_init(struct co_fdtable *t);

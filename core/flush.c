@@ -27,6 +27,40 @@ static void flush_one_nowait(int fd, void *argp)
 	co__unlock_fd(f);
 }
 
+int co_take_read_error(struct co_ctx *ctx, int fd)
+{
+	struct co_fd *f = co_fd_find(&ctx->fds, fd);
+	int err;
+
+	/* A reader never waits for the fd's lock: its holder may be blocked
+	 * in a send that only this reader's progress can let go on. */
+	if (!f || !atomic_load_explicit(&f->deferred_err, memory_order_relaxed) ||
+	    co__trylock_fd(f, fd) != 0)
+		return 0;
+	err = f->deferred_err == EPIPE ? 0 : co__take_error(ctx, f);
+	co__unlock_fd(f);
+	return -err;
+}
+
+int co_fd_error(struct co_ctx *ctx, int fd, int take)
+{
+	struct co_fd *f;
+	int err;
+
+	if (atomic_load_explicit(&ctx->fds.error_count, memory_order_relaxed) == 0)
+		return 0;
+	f = co_fd_find(&ctx->fds, fd);
+	if (!f || !atomic_load_explicit(&f->deferred_err, memory_order_relaxed))
+		return 0;
+	if (!take)
+		return f->deferred_err;
+	if (co__trylock_fd(f, fd) != 0)
+		return 0;
+	err = co__take_error(ctx, f);
+	co__unlock_fd(f);
+	return err;
+}
+
 void co_flush_all_nowait(struct co_ctx *ctx, enum co_counter trigger)
 {
 	struct flush_arg arg = { .ctx = ctx, .trigger = trigger };
@@ -96,7 +130,7 @@ static void reset_locked(struct co_ctx *ctx, int fd, struct co_fd *f)
 {
 	pending_release(&f->q, &ctx->sys);
 	co__release_id(ctx, fd, f);
-	f->deferred_err = 0;
+	co__take_error(ctx, f);
 	f->burst = 0;
 	f->burst_epoch = 0;
 	f->direct = 0;
@@ -122,11 +156,14 @@ void co__finish_handed_over_close(struct co_fd *f, int fd)
 
 	/* Whatever the holder did not send yet goes as a blocking write
 	 * would; this thread was blocked on that socket already. */
-	co__flush_locked(ctx, fd, f, CO_ST_flush_close, 0);
+	if (f->private_fd >= 0)
+		co__flush_locked(ctx, fd, f, CO_ST_flush_close, 0);
 	co__discard_locked(ctx, fd, f);
 	reset_locked(ctx, fd, f);
-	ctx->sys.close(f->private_fd);
-	ctx->sys.close(fd);
+	if (f->private_fd >= 0) {
+		ctx->sys.close(f->private_fd);
+		ctx->sys.close(fd);
+	}
 	atomic_store(&f->close_pending, 0);
 }
 
@@ -139,17 +176,20 @@ int co_close_or_hand_over(struct co_ctx *ctx, int fd, struct co_fd **held)
 	if (!f)
 		return 0;
 	r = co__timedlock_fd(f, fd, ctx->sys.now_ns() + CO_CLOSE_WAIT_NS);
-	if (r == -ETIMEDOUT && (f->private_fd = ctx->sys.hand_over(fd)) >= 0) {
+	if (r == -ETIMEDOUT) {
+		int private_fd = ctx->sys.hand_over(fd);
+
+		f->private_fd = private_fd;
 		f->close_ctx = ctx;
 		atomic_store(&f->close_pending, 1);
 		co_stat_add(&ctx->stats, CO_ST_closes_handed_over, 1);
 		/* The holder may have let go just before: then finish here. */
 		if (co__trylock_fd(f, fd) == 0)
 			co__unlock_fd(f);
-		return 1;
+		/* Without a private fd (the process is at its fd limit) the
+		 * caller closes fd now, and the holder sends no more. */
+		return private_fd >= 0;
 	}
-	if (r == -ETIMEDOUT)
-		r = co__lock_fd(f, fd);
 	if (r != 0)
 		return 0;
 	if (pending_len(&f->q))
@@ -254,8 +294,10 @@ static void reset_in_child(int fd, struct co_fd *f, void *argp)
 	/* A close handed over to a thread that does not exist here. */
 	if (atomic_exchange(&f->close_pending, 0)) {
 		reset_locked(ctx, fd, f);
-		ctx->sys.close(f->private_fd);
-		ctx->sys.close(fd);
+		if (f->private_fd >= 0) {
+			ctx->sys.close(f->private_fd);
+			ctx->sys.close(fd);
+		}
 	}
 	pending_discard(&f->q);
 	pending_release(&f->q, &ctx->sys);

@@ -44,6 +44,24 @@ static int build_iov(struct iovec *iov, struct co_fd *f, const struct iovec *ext
 	return n;
 }
 
+void co__keep_error(struct co_ctx *ctx, struct co_fd *f, int err)
+{
+	if (!f->deferred_err)
+		atomic_fetch_add(&ctx->fds.error_count, 1);
+	f->deferred_err = err;
+}
+
+int co__take_error(struct co_ctx *ctx, struct co_fd *f)
+{
+	int err = f->deferred_err;
+
+	if (err) {
+		f->deferred_err = 0;
+		atomic_fetch_sub(&ctx->fds.error_count, 1);
+	}
+	return err;
+}
+
 void co__discard_locked(struct co_ctx *ctx, int fd, struct co_fd *f)
 {
 	size_t n = pending_discard(&f->q);
@@ -67,7 +85,7 @@ ssize_t co__send_queue(struct co_ctx *ctx, int fd, struct co_fd *f,
 	struct msghdr msg;
 	size_t sent_extra = 0, qlen, offered;
 	ssize_t n;
-	int along = extra_len > 0, i;
+	int along = extra_len > 0, i, to;
 
 	for (;;) {
 		qlen = pending_len(&f->q);
@@ -79,10 +97,17 @@ ssize_t co__send_queue(struct co_ctx *ctx, int fd, struct co_fd *f,
 		for (offered = 0, i = 0; i < (int)msg.msg_iovlen; i++)
 			offered += iov[i].iov_len;
 		/* Closed by another thread meanwhile: fd's number holds a
-		 * placeholder, and the socket is at private_fd. */
-		n = ctx->sys.sendmsg(atomic_load_explicit(&f->close_pending, memory_order_acquire)
-					     ? f->private_fd : fd,
-				     &msg, flags | MSG_NOSIGNAL);
+		 * placeholder, and the socket is at private_fd; or, with no
+		 * fd to spare for that, fd is gone and nothing more is sent. */
+		to = fd;
+		if (atomic_load_explicit(&f->close_pending, memory_order_acquire)) {
+			if (f->private_fd < 0) {
+				co__discard_locked(ctx, fd, f);
+				return sent_extra ? (ssize_t)sent_extra : -EBADF;
+			}
+			to = f->private_fd;
+		}
+		n = ctx->sys.sendmsg(to, &msg, flags | MSG_NOSIGNAL);
 		co_stat_add(&ctx->stats, CO_ST_flush_syscalls, 1);
 		if (f->writes || along) {
 			fold_writes(ctx, f, along);
@@ -98,7 +123,7 @@ ssize_t co__send_queue(struct co_ctx *ctx, int fd, struct co_fd *f,
 			if (sent_extra == 0)
 				return n;
 			if (n != -EAGAIN && n != -EINTR)
-				f->deferred_err = (int)-n;
+				co__keep_error(ctx, f, (int)-n);
 			return (ssize_t)sent_extra;
 		}
 		if (n == 0)
@@ -146,7 +171,7 @@ int co__flush_deferred(struct co_ctx *ctx, int fd, struct co_fd *f,
 	int r = co__flush_locked(ctx, fd, f, trigger, flags);
 
 	if (r < 0 && r != -EAGAIN && r != -EINTR) {
-		f->deferred_err = -r;
+		co__keep_error(ctx, f, -r);
 		co_stat_add(&ctx->stats, CO_ST_deferred_errors, 1);
 		co_log(ctx, CO_LOG_INFO, "fd %d: deferred flush failed: error %d", fd, -r);
 	}

@@ -31,6 +31,12 @@ int co__flush_deferred(struct co_ctx *ctx, int fd, struct co_fd *f,
 int co__drain_locked(struct co_ctx *ctx, int fd, struct co_fd *f,
 		     enum co_counter trigger, uint64_t deadline_ns);
 
+/* Keeps err (> 0) as f's deferred error, or takes it back (returns it and
+ * clears it): the one place deferred_err changes, so that error_count
+ * stays true. fd's lock is held. */
+void co__keep_error(struct co_ctx *ctx, struct co_fd *f, int err);
+int co__take_error(struct co_ctx *ctx, struct co_fd *f);
+
 /* Drops f's queue (counted as bytes_dropped). */
 void co__discard_locked(struct co_ctx *ctx, int fd, struct co_fd *f);
 

@@ -154,11 +154,9 @@ static ssize_t stream_write(struct co_ctx *ctx, int fd, struct co_fd *f,
 	size_t total = 0;
 	int i, err;
 
-	if (f->deferred_err) {
-		err = f->deferred_err;
-		f->deferred_err = 0;
+	err = co__take_error(ctx, f);
+	if (err)
 		return -err;
-	}
 	for (i = 0; i < iovcnt; i++) {
 		if (iov[i].iov_len > SSIZE_MAX - total) {
 			total = (size_t)SSIZE_MAX + 1;

@@ -42,6 +42,23 @@ static inline void co_write_end(struct co_fd *held)
 		co__unlock_fd(held);
 }
 
+/* After the flush before a read on fd: a failure of a flush on fd that the
+ * kernel would have reported to this read too (a reset, a timeout; not
+ * EPIPE, which only writes see), since the flush's sendmsg took it from the
+ * socket. Returns it as -errno, once, or 0. */
+int co_take_read_error(struct co_ctx *ctx, int fd);
+
+/* The error a flush took from fd's socket and keeps for the application
+ * (the kernel would have shown it in SO_ERROR and POLLERR): returns it (a
+ * positive errno) or 0; with take, clears it as reading SO_ERROR does.
+ * One load when no fd holds one. */
+int co_fd_error(struct co_ctx *ctx, int fd, int take);
+
+static inline int co_any_fd_error(struct co_ctx *ctx)
+{
+	return atomic_load_explicit(&ctx->fds.error_count, memory_order_relaxed) != 0;
+}
+
 /* Flushes every queue without blocking, skipping queues another thread holds.
  * Costs one load when nothing is queued. trigger counts why. */
 void co_flush_all_nowait(struct co_ctx *ctx, enum co_counter trigger);
@@ -79,7 +96,9 @@ void co_close_end(struct co_fd *f);
  * both. The number cannot be reused before, so nothing queued for the old
  * socket can reach a new one. Returns 1 in that case (the caller makes no
  * close of its own and reports success); else 0, with *held as
- * co_close_begin returns. */
+ * co_close_begin returns. At the fd limit there is no fd for the private
+ * one: then the holder sends nothing more (the rest of its queue is
+ * dropped, counted) and the caller closes fd itself at once. */
 int co_close_or_hand_over(struct co_ctx *ctx, int fd, struct co_fd **held);
 
 #define CO_CLOSE_WAIT_NS 10000000ull

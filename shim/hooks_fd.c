@@ -199,6 +199,21 @@ CO_HOOK int setsockopt(int fd, int level, int name, const void *val, socklen_t l
 	return REAL(setsockopt)(fd, level, name, val, len);
 }
 
+/* SO_ERROR: an error a flush took from the socket is the application's,
+ * and reading it clears it, as in the kernel. */
+CO_HOOK int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+{
+	int err;
+
+	if (co_shim_on && level == SOL_SOCKET && name == SO_ERROR && val && len &&
+	    *len >= (socklen_t)sizeof(int) && (err = co_fd_error(&co_shim_ctx, fd, 1))) {
+		*(int *)val = err;
+		*len = sizeof(int);
+		return 0;
+	}
+	return REAL(getsockopt)(fd, level, name, val, len);
+}
+
 CO_HOOK ssize_t sendfile(int out_fd, int in_fd, off_t *offset, size_t count)
 {
 	if (flush_first(out_fd) < 0)

@@ -10,11 +10,22 @@
 
 #include "shim.h"
 
-static inline void flush_before_read(void)
+/* Before a read on fd: flushes, and returns -1 with errno set if a flush
+ * on fd took an error from the socket that this read would have got. */
+static inline int flush_before_read(int fd)
 {
+	int err;
+
 	co_note_wait();
-	if (co_shim_on)
-		co_flush_if_pending(&co_shim_ctx, CO_ST_flush_read);
+	if (!co_shim_on)
+		return 0;
+	co_flush_if_pending(&co_shim_ctx, CO_ST_flush_read);
+	err = co_take_read_error(&co_shim_ctx, fd);
+	if (err) {
+		errno = -err;
+		return -1;
+	}
+	return 0;
 }
 
 static inline void flush_before_wait(int may_block)
@@ -24,6 +35,25 @@ static inline void flush_before_wait(int may_block)
 		co_flush_if_pending(&co_shim_ctx, CO_ST_flush_wait);
 }
 
+/* After poll or ppoll returned r: an fd whose socket error a flush took
+ * shows POLLERR, as it would have. Returns the new count of ready fds. */
+static int add_pollerr(struct pollfd *fds, nfds_t nfds, int r)
+{
+	nfds_t i;
+
+	if (r < 0 || !co_shim_on || !co_any_fd_error(&co_shim_ctx))
+		return r;
+	for (i = 0; i < nfds; i++) {
+		if (fds[i].fd < 0 || !co_fd_error(&co_shim_ctx, fds[i].fd, 0) ||
+		    (fds[i].revents & POLLERR))
+			continue;
+		if (!fds[i].revents)
+			r++;
+		fds[i].revents |= POLLERR;
+	}
+	return r;
+}
+
 static int timespec_may_block(const struct timespec *ts)
 {
 	return !ts || ts->tv_sec || ts->tv_nsec;
@@ -31,7 +61,8 @@ static int timespec_may_block(const struct timespec *ts)
 
 CO_HOOK ssize_t read(int fd, void *buf, size_t len)
 {
-	flush_before_read();
+	if (flush_before_read(fd) < 0)
+		return -1;
 	return REAL(read)(fd, buf, len);
 }
 
@@ -39,59 +70,67 @@ CO_HOOK ssize_t __read(int fd, void *buf, size_t len) __attribute__((alias("read
 
 CO_HOOK ssize_t __read_chk(int fd, void *buf, size_t len, size_t buflen)
 {
-	flush_before_read();
+	if (flush_before_read(fd) < 0)
+		return -1;
 	return REAL(__read_chk)(fd, buf, len, buflen);
 }
 
 CO_HOOK ssize_t readv(int fd, const struct iovec *iov, int iovcnt)
 {
-	flush_before_read();
+	if (flush_before_read(fd) < 0)
+		return -1;
 	return REAL(readv)(fd, iov, iovcnt);
 }
 
 CO_HOOK ssize_t recv(int fd, void *buf, size_t len, int flags)
 {
-	flush_before_read();
+	if (flush_before_read(fd) < 0)
+		return -1;
 	return REAL(recv)(fd, buf, len, flags);
 }
 
 CO_HOOK ssize_t __recv_chk(int fd, void *buf, size_t len, size_t buflen, int flags)
 {
-	flush_before_read();
+	if (flush_before_read(fd) < 0)
+		return -1;
 	return REAL(__recv_chk)(fd, buf, len, buflen, flags);
 }
 
 CO_HOOK ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *addr,
 			 socklen_t *addrlen)
 {
-	flush_before_read();
+	if (flush_before_read(fd) < 0)
+		return -1;
 	return REAL(recvfrom)(fd, buf, len, flags, addr, addrlen);
 }
 
 CO_HOOK ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int flags,
 			       struct sockaddr *addr, socklen_t *addrlen)
 {
-	flush_before_read();
+	if (flush_before_read(fd) < 0)
+		return -1;
 	return REAL(__recvfrom_chk)(fd, buf, len, buflen, flags, addr, addrlen);
 }
 
 CO_HOOK ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 {
-	flush_before_read();
+	if (flush_before_read(fd) < 0)
+		return -1;
 	return REAL(recvmsg)(fd, msg, flags);
 }
 
 CO_HOOK int recvmmsg(int fd, struct mmsghdr *msgs, unsigned int vlen, int flags,
 		     struct timespec *timeout)
 {
-	flush_before_read();
+	if (flush_before_read(fd) < 0)
+		return -1;
 	return REAL(recvmmsg)(fd, msgs, vlen, flags, timeout);
 }
 
 CO_HOOK int poll(struct pollfd *fds, nfds_t nfds, int timeout)
 {
 	flush_before_wait(timeout != 0);
-	return REAL(poll)(fds, nfds, timeout);
+	return add_pollerr(fds, nfds, REAL(poll)(fds, nfds, timeout));
 }
 
 CO_HOOK int __poll(struct pollfd *fds, nfds_t nfds, int timeout) __attribute__((alias("poll")));
@@ -99,21 +138,21 @@ CO_HOOK int __poll(struct pollfd *fds, nfds_t nfds, int timeout) __attribute__((
 CO_HOOK int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen)
 {
 	flush_before_wait(timeout != 0);
-	return REAL(__poll_chk)(fds, nfds, timeout, fdslen);
+	return add_pollerr(fds, nfds, REAL(__poll_chk)(fds, nfds, timeout, fdslen));
 }
 
 CO_HOOK int ppoll(struct pollfd *fds, nfds_t nfds, const struct timespec *timeout,
 		  const sigset_t *sigmask)
 {
 	flush_before_wait(timespec_may_block(timeout));
-	return REAL(ppoll)(fds, nfds, timeout, sigmask);
+	return add_pollerr(fds, nfds, REAL(ppoll)(fds, nfds, timeout, sigmask));
 }
 
 CO_HOOK int __ppoll_chk(struct pollfd *fds, nfds_t nfds, const struct timespec *timeout,
 			const sigset_t *sigmask, size_t fdslen)
 {
 	flush_before_wait(timespec_may_block(timeout));
-	return REAL(__ppoll_chk)(fds, nfds, timeout, sigmask, fdslen);
+	return add_pollerr(fds, nfds, REAL(__ppoll_chk)(fds, nfds, timeout, sigmask, fdslen));
 }
 
 CO_HOOK int select(int nfds, fd_set *rfds, fd_set *wfds, fd_set *efds, struct timeval *timeout)

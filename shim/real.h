@@ -58,6 +58,7 @@
 	X(int, fcntl64, (int, int, ...))                                                  \
 	X(int, ioctl, (int, unsigned long, ...))                                          \
 	X(int, setsockopt, (int, int, int, const void *, socklen_t))                      \
+	X(int, getsockopt, (int, int, int, void *, socklen_t *))                          \
 	X(ssize_t, sendfile, (int, int, off_t *, size_t))                                 \
 	X(ssize_t, sendfile64, (int, int, off_t *, size_t))                               \
 	X(ssize_t, splice, (int, loff_t *, int, loff_t *, size_t, unsigned int))          \
@@ -75,7 +76,6 @@
 
 /* Functions core needs that the shim does not interpose. */
 #define CO_REAL_HELPERS(X)                                                                \
-	X(int, getsockopt, (int, int, int, void *, socklen_t *))                          \
 	X(int, getpeername, (int, struct sockaddr *, socklen_t *))
 
 struct co_real {
