@@ -38,6 +38,8 @@ int co_take_read_error(struct co_ctx *ctx, int fd)
 	    co__trylock_fd(f, fd) != 0)
 		return 0;
 	err = f->deferred_err == EPIPE ? 0 : co__take_error(ctx, f);
+	if (err && err != ENOBUFS && err != ENOMEM)
+		atomic_store(&f->kind, CO_FD_PASS);
 	co__unlock_fd(f);
 	return -err;
 }

@@ -155,8 +155,13 @@ static ssize_t stream_write(struct co_ctx *ctx, int fd, struct co_fd *f,
 	int i, err;
 
 	err = co__take_error(ctx, f);
-	if (err)
+	if (err) {
+		/* The connection is broken: from now on the kernel answers
+		 * every write itself (EPIPE), as it would have. */
+		if (err != ENOBUFS && err != ENOMEM)
+			atomic_store(&f->kind, CO_FD_PASS);
 		return -err;
+	}
 	for (i = 0; i < iovcnt; i++) {
 		if (iov[i].iov_len > SSIZE_MAX - total) {
 			total = (size_t)SSIZE_MAX + 1;

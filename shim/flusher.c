@@ -96,9 +96,10 @@ static void flusher_start(void)
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
+	/* The default stack size: glibc carves the program's static TLS out of
+	 * it, which a small fixed size may not hold. It is address space only. */
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	pthread_attr_setstacksize(&attr, 64 * 1024);
 	if (pthread_create(&thread, &attr, flusher_main, NULL) != 0)
 		co_log(&co_shim_ctx, CO_LOG_ERROR, "cannot start the flusher thread; "
 						   "queues are flushed by the application's calls only");

@@ -8,7 +8,10 @@
  * the writer sends a marker and exits; everything is checked. The stats must
  * show the writes were queued (else this would pass without a shim).
  * Variants: nanosleep 2 s with the default deadline, spinning 1 s with the
- * default deadline, nanosleep 1 s with COALESCE_DELAY_US=20000. */
+ * default deadline, nanosleep 1 s with COALESCE_DELAY_US=20000.
+ * The program carries 256 KiB of static TLS, as some do: glibc takes it out
+ * of every thread's stack, the flusher's too (a small fixed stack once kept
+ * the flusher from starting at all). */
 #include "common.h"
 
 #include <errno.h>
@@ -23,6 +26,8 @@
 #include <unistd.h>
 
 #define NAME "deadline_flush"
+
+static __thread char big_tls[256 * 1024] __attribute__((used));
 #define MSGS 3
 #define MARKER 64
 
@@ -53,6 +58,7 @@ static int child_main(int argc, char **argv)
 	int v, i, spin;
 
 	co_child_init(NAME);
+	big_tls[sizeof(big_tls) - 1] = 1;
 	if (argc != 1)
 		co_fail("usage: variant");
 	v = (int)co_arg_u64(argv[0]);
