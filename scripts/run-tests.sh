@@ -71,6 +71,17 @@ if [ -f "$build/asan/libcoalesce.so" ]; then
 	done
 fi
 
+# The integrity stress harness: random mixes of APIs, sizes, threads and
+# endings, verified byte for byte (tests/stress/README.md); a few seeds here.
+run "stress/quick" 300 env COALESCE_LIB="$lib" sh tests/stress/run.sh quick
+
+# The core fuzzer: every seed and known input replayed (any compiler), then
+# a short libFuzzer run where clang is there (tests/fuzz/README.md).
+run "fuzz/replay" 300 sh tests/fuzz/run.sh replay
+if command -v clang >/dev/null 2>&1; then
+	run "fuzz/core-20s" 300 env FUZZ_SECONDS=20 sh tests/fuzz/run.sh
+fi
+
 # Each real application twice: as it comes (a lone write between two reads
 # is sent at once), and with every small write queued (COALESCE_DIRECT=0),
 # so that the queue is exercised by the real programs too.

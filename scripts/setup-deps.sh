@@ -16,6 +16,11 @@ need_cmd socat socat
 need_cmd redis-server redis-server
 need_cmd redis-cli redis-tools
 need_cmd redis-benchmark redis-tools
+need_cmd memcached memcached
+need_cmd mosquitto mosquitto
+need_cmd mosquitto_pub mosquitto-clients
+# clang with its libFuzzer runtime, for tests/fuzz.
+need_cmd clang "clang libclang-rt-14-dev"
 need_cmd timeout coreutils
 
 [ -z "$missing" ] && exit 0
@@ -37,5 +42,7 @@ $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
 # The Debian package starts a redis service where an init system runs; the
 # tests start their own servers on free ports.
 if command -v service >/dev/null 2>&1 && [ -z "$sudo" ]; then
-	service redis-server stop >/dev/null 2>&1 || true
+	for s in redis-server memcached mosquitto; do
+		service "$s" stop >/dev/null 2>&1 || true
+	done
 fi

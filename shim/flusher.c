@@ -3,30 +3,28 @@
  * delay.
  *
  * It costs the write path nothing in steady state: a write that makes a
- * queue non-empty reads one flag, and makes a futex wake only when the
- * thread has parked after a long idle spell. While the process is busy the
- * thread sleeps until the earliest deadline; while nothing is queued it
- * looks every delay for a while, then parks. Queues whose socket was full
- * are watched for POLLOUT. The thread blocks every signal, and owns no fd:
- * programs that close every fd they did not open (daemons, closefrom) must
- * not be able to take one from under it, nor have it write into the fd
- * that gets the number next. */
-#include <linux/futex.h>
+ * queue non-empty reads one flag. While the process is busy the thread
+ * sleeps until the earliest deadline; while nothing is queued it looks
+ * every delay for a while, then ends, and the next queued write starts a
+ * new one. It must end: a program whose last thread calls pthread_exit()
+ * exits only when no thread is left, ours included. Queues whose socket was
+ * full are watched for POLLOUT. The thread blocks every signal, and owns no
+ * fd: programs that close every fd they did not open (daemons, closefrom)
+ * must not be able to take one from under it, nor have it write into the
+ * fd that gets the number next. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/prctl.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "shim.h"
 
 #define CO_FLUSHER_MAX_STALLED 64
-#define CO_FLUSHER_PARK_NS 50000000ull /* idle this long before parking */
+#define CO_FLUSHER_IDLE_NS 50000000ull /* idle this long before ending */
 #define CO_FLUSHER_STALLED_NS 50000000ull /* recheck full sockets this often */
 
 static _Atomic int co_flusher_state; /* 0: none, 1: starting or running */
-static _Atomic int co_flusher_parked; /* the futex word: 1 while parked */
 
 static struct timespec to_timespec(uint64_t ns)
 {
@@ -49,13 +47,18 @@ static void wait_for_work(const int *stalled, int nstalled, uint64_t timeout_ns)
 	REAL(ppoll)(pfd, (nfds_t)nstalled, &ts, NULL);
 }
 
-/* Sleeps until co_flusher_notify, unless a queue became non-empty meanwhile. */
-static void park(struct co_ctx *ctx)
+/* After an idle spell: returns 0 if the thread is to end, or 1 if a queue
+ * became non-empty meanwhile and no other thread took over. With
+ * co_flusher_notify (pending_count raised first, state read after), a
+ * queued byte always has a flusher. */
+static int keep_going(struct co_ctx *ctx)
 {
-	atomic_store(&co_flusher_parked, 1);
+	int expected = 0;
+
+	atomic_store(&co_flusher_state, 0);
 	if (atomic_load(&ctx->fds.pending_count) == 0)
-		syscall(SYS_futex, &co_flusher_parked, FUTEX_WAIT_PRIVATE, 1, NULL, NULL, 0);
-	atomic_store(&co_flusher_parked, 0);
+		return 0;
+	return atomic_compare_exchange_strong(&co_flusher_state, &expected, 1);
 }
 
 static void *flusher_main(void *unused)
@@ -76,13 +79,14 @@ static void *flusher_main(void *unused)
 		} else if (nstalled) {
 			idle_since = 0;
 			wait_for_work(stalled, nstalled, CO_FLUSHER_STALLED_NS);
-		} else if (!idle_since || now - idle_since < CO_FLUSHER_PARK_NS) {
+		} else if (!idle_since || now - idle_since < CO_FLUSHER_IDLE_NS) {
 			if (!idle_since)
 				idle_since = now;
 			wait_for_work(NULL, 0, ctx->cfg.delay_ns);
-		} else {
-			park(ctx);
+		} else if (keep_going(ctx)) {
 			idle_since = 0;
+		} else {
+			return NULL;
 		}
 	}
 	return NULL;
@@ -112,16 +116,13 @@ void co_flusher_notify(struct co_ctx *ctx)
 	int expected = 0, saved = errno;
 
 	(void)ctx;
-	if (atomic_load_explicit(&co_flusher_state, memory_order_relaxed) == 0 &&
+	if (atomic_load(&co_flusher_state) == 0 &&
 	    atomic_compare_exchange_strong(&co_flusher_state, &expected, 1))
 		flusher_start();
-	else if (atomic_load(&co_flusher_parked) && atomic_exchange(&co_flusher_parked, 0))
-		syscall(SYS_futex, &co_flusher_parked, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 	errno = saved;
 }
 
 void co_flusher_after_fork_child(void)
 {
-	atomic_store(&co_flusher_parked, 0);
 	atomic_store(&co_flusher_state, 0);
 }
