@@ -11,6 +11,7 @@ void co_ctx_init(struct co_ctx *ctx, const struct co_sys *sys, const struct co_c
 	ctx->sys = *sys;
 	ctx->cfg = *cfg;
 	ctx->on_pending = NULL;
+	atomic_store(&ctx->exiting, 0);
 	memset(&ctx->socks, 0, sizeof(ctx->socks));
 	pthread_mutex_init(&ctx->socks.lock, NULL);
 	co_fdtable_init(&ctx->fds);

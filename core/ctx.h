@@ -17,6 +17,9 @@ struct co_ctx {
 	/* Called (fd lock held) each time a queue becomes non-empty, so that
 	 * the deadline gets enforced. Must be cheap: it runs once per batch. */
 	void (*on_pending)(struct co_ctx *ctx);
+	/* Set by the final flush (exit, exec): from then on a write sends its
+	 * queue and itself at once, since no flush will come after it. */
+	_Atomic int exiting;
 	struct co_sockmap socks;
 	struct co_fdtable fds;
 };

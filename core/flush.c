@@ -87,6 +87,9 @@ void co_flush_all_final(struct co_ctx *ctx, enum co_counter trigger)
 {
 	struct flush_arg arg = { .ctx = ctx, .trigger = trigger };
 
+	/* Before the scan: a write that queues on an fd the scan has passed
+	 * would otherwise wait for a flush that never comes. */
+	atomic_store(&ctx->exiting, 1);
 	if (atomic_load(&ctx->fds.pending_count) == 0)
 		return;
 	arg.now = ctx->sys.now_ns();

@@ -41,6 +41,7 @@
 	X(passthrough_shutdown)                                                \
 	X(passthrough_fd_range)                                                \
 	X(passthrough_reentrant)                                               \
+	X(passthrough_exiting)                                                 \
 	X(deferred_errors)                                                     \
 	X(closes_handed_over)                                                  \
 	X(bytes_dropped)

@@ -170,6 +170,8 @@ static ssize_t stream_write(struct co_ctx *ctx, int fd, struct co_fd *f,
 		total += iov[i].iov_len;
 	}
 	reason = unsupported(flags, how, iovcnt, total);
+	if (reason == CO_ST_COUNT && atomic_load_explicit(&ctx->exiting, memory_order_relaxed))
+		reason = CO_ST_passthrough_exiting;
 	if (reason != CO_ST_COUNT) {
 		err = co__flush_locked(ctx, fd, f, CO_ST_flush_order, flags & MSG_DONTWAIT);
 		if (err)

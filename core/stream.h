@@ -71,8 +71,15 @@ static inline void co_flush_if_pending(struct co_ctx *ctx, enum co_counter trigg
 
 /* Flushes every queue, waiting as a blocking write would on blocking sockets
  * and at most the linger time on nonblocking ones; what still cannot be sent
- * is dropped and counted. For exit and exec. */
+ * is dropped and counted. For exit and exec. From then on, writes are sent
+ * at once (after their fd's queue), until co_exit_cancelled. */
 void co_flush_all_final(struct co_ctx *ctx, enum co_counter trigger);
+
+/* An exec failed: the process goes on, and coalesces again. */
+static inline void co_exit_cancelled(struct co_ctx *ctx)
+{
+	atomic_store(&ctx->exiting, 0);
+}
 
 /* Before an operation that must come after fd's queued bytes (sendfile,
  * splice, setsockopt...): sends the queue as a write on fd with these flags

@@ -14,6 +14,16 @@ static void flush_before(enum co_counter trigger)
 		co_flush_all_final(&co_shim_ctx, trigger);
 }
 
+/* An exec returned: it failed, and the process goes on coalescing. */
+static int exec_failed(int r)
+{
+	int saved = errno;
+
+	co_exit_cancelled(&co_shim_ctx);
+	errno = saved;
+	return r;
+}
+
 static void before_exit(void)
 {
 	if (co_shim_on && !co_shim_in_vfork_child()) {
@@ -25,31 +35,31 @@ static void before_exit(void)
 CO_HOOK int execve(const char *path, char *const argv[], char *const envp[])
 {
 	flush_before(CO_ST_flush_exec);
-	return REAL(execve)(path, argv, envp);
+	return exec_failed(REAL(execve)(path, argv, envp));
 }
 
 CO_HOOK int execv(const char *path, char *const argv[])
 {
 	flush_before(CO_ST_flush_exec);
-	return REAL(execv)(path, argv);
+	return exec_failed(REAL(execv)(path, argv));
 }
 
 CO_HOOK int execvp(const char *file, char *const argv[])
 {
 	flush_before(CO_ST_flush_exec);
-	return REAL(execvp)(file, argv);
+	return exec_failed(REAL(execvp)(file, argv));
 }
 
 CO_HOOK int execvpe(const char *file, char *const argv[], char *const envp[])
 {
 	flush_before(CO_ST_flush_exec);
-	return REAL(execvpe)(file, argv, envp);
+	return exec_failed(REAL(execvpe)(file, argv, envp));
 }
 
 CO_HOOK int fexecve(int fd, char *const argv[], char *const envp[])
 {
 	flush_before(CO_ST_flush_exec);
-	return REAL(fexecve)(fd, argv, envp);
+	return exec_failed(REAL(fexecve)(fd, argv, envp));
 }
 
 /* Collects the variadic arguments of execl, execlp and execle into an argv.

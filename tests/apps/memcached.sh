@@ -504,6 +504,7 @@ PY
 # the server's connections (ss: queues, timers) is saved and shown if the command does time
 # out: bytes a client waits for that are in no socket queue were kept by a shim.
 HUNG=""
+exec {LOG_FD}>&1
 bounded() {   # bounded SECONDS CMD...
     local secs=$1 rc snap
     if [ -n "$HUNG" ]; then return 124; fi
@@ -515,11 +516,13 @@ bounded() {   # bounded SECONDS CMD...
     kill "$snap" 2>/dev/null; wait "$snap" 2>/dev/null
     if [ $rc = 124 ] || [ $rc = 137 ]; then
         HUNG="timed out: ${*:2}"
-        echo "    $VARIANT: $HUNG" >&2
-        if [ -s "$TMP/hang.ss" ]; then
-            echo "    connections to port $PORT one second before the time-out (ss -tnoi):" >&2
-            head -n 80 "$TMP/hang.ss" | sed 's/^/      /' >&2
-        fi
+        {
+            echo "    $VARIANT: $HUNG"
+            if [ -s "$TMP/hang.ss" ]; then
+                echo "    connections to port $PORT one second before the time-out (ss -tnoi):"
+                head -n 80 "$TMP/hang.ss" | sed 's/^/      /'
+            fi
+        } >&"$LOG_FD"   # the script's output, not the command's
     fi
     return $rc
 }

@@ -73,6 +73,7 @@ for seed in $seeds; do
 	if [ $rc -eq 0 ]; then
 		passed=$((passed + 1))
 		echo "$summary"
+		grep -E '^  note:' "$log" | sed 's/^/    /'
 		rm -f "$log"
 		continue
 	fi

@@ -28,6 +28,7 @@ static const char *const expected_keys[] = {
 	"passthrough_flags", "passthrough_address", "passthrough_control",
 	"passthrough_nomem", "passthrough_stdio", "passthrough_dup",
 	"passthrough_shutdown", "passthrough_fd_range", "passthrough_reentrant",
+	"passthrough_exiting",
 	"deferred_errors", "closes_handed_over", "bytes_dropped",
 	"batch_1", "batch_2", "batch_4", "batch_8", "batch_16", "batch_32",
 	"batch_64", "batch_128", "batch_256", "batch_512", "batch_1024", "batch_2048",
