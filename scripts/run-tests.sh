@@ -73,7 +73,13 @@ fi
 
 # The integrity stress harness: random mixes of APIs, sizes, threads and
 # endings, verified byte for byte (tests/stress/README.md); a few seeds here.
-run "stress/quick" 300 env COALESCE_LIB="$lib" sh tests/stress/run.sh quick
+run "stress/quick" 300 env COALESCE_LIB="$lib" STRESS_LOG_DIR="$log_dir/stress" \
+	sh tests/stress/run.sh quick
+if [ -f "$build/asan/libcoalesce.so" ]; then
+	run "stress-asan/quick" 300 env COALESCE_LIB="$asan_rt $build/asan/libcoalesce.so" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1 \
+		STRESS_LOG_DIR="$log_dir/stress-asan" sh tests/stress/run.sh quick
+fi
 
 # The core fuzzer: every seed and known input replayed (any compiler), then
 # a short libFuzzer run where clang is there (tests/fuzz/README.md).
