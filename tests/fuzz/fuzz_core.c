@@ -1113,8 +1113,10 @@ static void do_write(int i, size_t total, int cnt, unsigned seed, int flags, uns
 	  fd, total, cnt, flags, how & CO_WRITE_ADDR ? ", addr" : "",
 	  how & CO_WRITE_CONTROL ? ", control" : "");
 	/* With direct sends off, a plain write on a coalesced fd is queued or
-	 * sent along: never handed to libc (unless memory runs out). */
+	 * sent along: never handed to libc (unless memory runs out, or after
+	 * the final flush, when every write goes out at once). */
 	plain = !ctx->cfg.direct && !reentrant && ent_kind(i) == CO_FD_STREAM && total > 0 &&
+		!atomic_load(&ctx->exiting) &&
 		cnt <= IOV_MAX && !(flags & ~(MSG_DONTWAIT | MSG_NOSIGNAL | MSG_MORE)) && !how &&
 		!expect_err && !fail_alloc && !fail_realloc;
 	passes = co_fd_passes(ctx, fd);
