@@ -17,8 +17,12 @@ need_cmd redis-server redis-server
 need_cmd redis-cli redis-tools
 need_cmd redis-benchmark redis-tools
 need_cmd memcached memcached
-need_cmd mosquitto mosquitto
+# The broker lives in /usr/sbin, which a non-root PATH may lack.
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
 need_cmd mosquitto_pub mosquitto-clients
+need_cmd mosquitto_sub mosquitto-clients
+need_cmd memccapable libmemcached-tools
+need_cmd memcaslap libmemcached-tools
 # clang with its libFuzzer runtime, for tests/fuzz.
 need_cmd clang "clang libclang-rt-14-dev"
 need_cmd timeout coreutils

@@ -22,13 +22,19 @@ app_require() {   # app_require TOOL...
     done
 }
 
-app_find_lib() {   # sets LIB from COALESCE_LIB (default ./build/libcoalesce.so), made absolute
-    LIB=${COALESCE_LIB:-./build/libcoalesce.so}
-    if [ ! -f "$LIB" ]; then
-        echo "FAIL: library not found: $LIB (set COALESCE_LIB or run make)"
-        exit 1
-    fi
-    LIB=$(cd "$(dirname "$LIB")" && pwd)/$(basename "$LIB")
+# COALESCE_LIB may be a space-separated list, as LD_PRELOAD takes it (the ASan runtime first,
+# then the ASan build of the library): every entry must exist, each is made absolute
+app_find_lib() {   # sets LIB from COALESCE_LIB (default ./build/libcoalesce.so)
+    local l out=""
+    for l in ${COALESCE_LIB:-./build/libcoalesce.so}; do
+        if [ ! -f "$l" ]; then
+            echo "FAIL: library not found: $l (set COALESCE_LIB or run make)"
+            exit 1
+        fi
+        out="$out $(cd "$(dirname "$l")" && pwd)/$(basename "$l")"
+    done
+    LIB=${out# }
+    [ -n "$LIB" ] || { echo "FAIL: COALESCE_LIB is empty"; exit 1; }
 }
 
 app_stop_children() { :; }
