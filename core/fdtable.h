@@ -134,6 +134,9 @@ struct co_signal_writes {
 	struct co_ctx *ctx;
 	int fd;
 	size_t len;
+	/* A handler found that fd shares its socket with an fd that now
+	 * passes: fd must stop coalescing once its lock is free. */
+	unsigned char stop;
 	char buf[CO_SIGNAL_WRITES_MAX];
 };
 extern __thread struct co_signal_writes co__signal_writes
@@ -148,7 +151,7 @@ static inline void co__unlock_fd(struct co_fd *f)
 		co__finish_handed_over_close(f, co__held_fd);
 	pthread_mutex_unlock(&f->lock);
 	co__unmark_held(prev);
-	if (__builtin_expect(co__signal_writes.len != 0, 0))
+	if (__builtin_expect(co__signal_writes.len != 0 || co__signal_writes.stop, 0))
 		co__queue_signal_writes();
 }
 

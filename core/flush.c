@@ -38,7 +38,7 @@ int co_take_read_error(struct co_ctx *ctx, int fd)
 	    co__trylock_fd(f, fd) != 0)
 		return 0;
 	err = f->deferred_err == EPIPE ? 0 : co__take_error(ctx, f);
-	if (err && err != ENOBUFS && err != ENOMEM)
+	if (err)
 		atomic_store(&f->kind, CO_FD_PASS);
 	co__unlock_fd(f);
 	return -err;
@@ -126,7 +126,7 @@ int co_flush_before(struct co_ctx *ctx, int fd, enum co_counter trigger, int fla
 		return 0;
 	r = co__flush_deferred(ctx, fd, f, trigger, flags);
 	co__unlock_fd(f);
-	return r == -EINTR || r == -EAGAIN ? r : 0;
+	return co__keeps_queue(r) ? r : 0;
 }
 
 /* Returns f to what a never-seen fd has: no queue, no socket identity, no
@@ -237,6 +237,7 @@ void co_fd_stop(struct co_ctx *ctx, int fd, enum co_counter reason)
 		if (pending_len(&f->q))
 			co__drain_locked(ctx, fd, f, CO_ST_flush_order,
 					 ctx->sys.now_ns() + ctx->cfg.linger_ns);
+		other = co__pass_socket(ctx, fd, f);
 		atomic_store(&f->kind, CO_FD_PASS);
 		co_stat_add(&ctx->stats, reason, 1);
 	}
@@ -271,8 +272,14 @@ static void flush_one_due(int fd, void *argp)
 	due = f->first_ns + ctx->cfg.delay_ns;
 	if (due <= arg->now) {
 		r = co__flush_deferred(ctx, fd, f, CO_ST_flush_deadline, MSG_DONTWAIT);
-		if (r == -EAGAIN && arg->nstalled < arg->max)
+		if (r == -EAGAIN && arg->nstalled < arg->max) {
 			arg->stalled[arg->nstalled++] = fd;
+		} else if (co__keeps_queue(r)) {
+			/* Short of buffers: try again after one delay. */
+			due = arg->now + ctx->cfg.delay_ns;
+			if (!arg->next || due < arg->next)
+				arg->next = due;
+		}
 	} else if (!arg->next || due < arg->next) {
 		arg->next = due;
 	}

@@ -38,21 +38,32 @@ static int pending_reserve(struct co_pending *q, const struct co_sys *sys, size_
 	return 0;
 }
 
-int pending_append(struct co_pending *q, const struct co_sys *sys,
-		   const struct iovec *iov, int iovcnt, size_t total)
+int pending_append_from(struct co_pending *q, const struct co_sys *sys,
+			const struct iovec *iov, int iovcnt, size_t skip, size_t total)
 {
+	size_t len;
 	int i, err;
 
 	err = pending_reserve(q, sys, total);
 	if (err)
 		return err;
 	for (i = 0; i < iovcnt; i++) {
-		if (iov[i].iov_len == 0)
+		if (skip >= iov[i].iov_len) {
+			skip -= iov[i].iov_len;
 			continue;
-		memcpy(q->data + q->tail, iov[i].iov_base, iov[i].iov_len);
-		q->tail += iov[i].iov_len;
+		}
+		len = iov[i].iov_len - skip;
+		memcpy(q->data + q->tail, (const char *)iov[i].iov_base + skip, len);
+		q->tail += len;
+		skip = 0;
 	}
 	return 0;
+}
+
+int pending_append(struct co_pending *q, const struct co_sys *sys,
+		   const struct iovec *iov, int iovcnt, size_t total)
+{
+	return pending_append_from(q, sys, iov, iovcnt, 0, total);
 }
 
 void pending_consume(struct co_pending *q, size_t n)

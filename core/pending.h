@@ -28,6 +28,11 @@ static inline size_t pending_len(const struct co_pending *q)
 int pending_append(struct co_pending *q, const struct co_sys *sys,
 		   const struct iovec *iov, int iovcnt, size_t total);
 
+/* As pending_append, for the bytes of iov after the first skip (total is
+ * their number). */
+int pending_append_from(struct co_pending *q, const struct co_sys *sys,
+			const struct iovec *iov, int iovcnt, size_t skip, size_t total);
+
 /* Drops n bytes (at most pending_len) from the head of the queue. */
 void pending_consume(struct co_pending *q, size_t n);
 

@@ -118,11 +118,13 @@ ssize_t co__send_queue(struct co_ctx *ctx, int fd, struct co_fd *f,
 				continue;
 			if (n == -EAGAIN)
 				co_stat_add(&ctx->stats, CO_ST_flush_eagain, 1);
+			else if (n == -ENOBUFS || n == -ENOMEM)
+				co_stat_add(&ctx->stats, CO_ST_flush_nobufs, 1);
 			else if (n != -EINTR)
 				co__discard_locked(ctx, fd, f);
 			if (sent_extra == 0)
 				return n;
-			if (n != -EAGAIN && n != -EINTR)
+			if (!co__keeps_queue(n))
 				co__keep_error(ctx, f, (int)-n);
 			return (ssize_t)sent_extra;
 		}
@@ -170,7 +172,7 @@ int co__flush_deferred(struct co_ctx *ctx, int fd, struct co_fd *f,
 {
 	int r = co__flush_locked(ctx, fd, f, trigger, flags);
 
-	if (r < 0 && r != -EAGAIN && r != -EINTR) {
+	if (r < 0 && !co__keeps_queue(r)) {
 		co__keep_error(ctx, f, -r);
 		co_stat_add(&ctx->stats, CO_ST_deferred_errors, 1);
 		co_log(ctx, CO_LOG_INFO, "fd %d: deferred flush failed: error %d", fd, -r);
@@ -187,14 +189,19 @@ int co__drain_locked(struct co_ctx *ctx, int fd, struct co_fd *f,
 
 	for (;; trigger = CO_ST_COUNT) {
 		r = co__flush_locked(ctx, fd, f, trigger, 0);
-		if (r == 0 || (r != -EAGAIN && r != -EINTR))
+		if (r == 0 || !co__keeps_queue(r))
 			return r;
 		now = ctx->sys.now_ns();
 		if (now >= deadline_ns) {
 			co__discard_locked(ctx, fd, f);
-			return -EAGAIN;
+			return r;
 		}
 		ms = (int)((deadline_ns - now + 999999) / 1000000);
-		ctx->sys.poll(&pfd, 1, ms);
+		/* Short of buffers, the socket may well be writable: wait a
+		 * moment instead of for POLLOUT. */
+		if (r == -ENOBUFS || r == -ENOMEM)
+			ctx->sys.poll(NULL, 0, 1);
+		else
+			ctx->sys.poll(&pfd, 1, ms);
 	}
 }

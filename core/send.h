@@ -3,25 +3,38 @@
 #ifndef CO_SEND_H
 #define CO_SEND_H
 
+#include <errno.h>
+
 #include "ctx.h"
+
+/* Returns 1 if a send that failed with err (-errno) leaves the queue in
+ * place, to be sent later: the socket is full (EAGAIN), the call was
+ * interrupted (EINTR), or the kernel was short of buffers for a moment
+ * (ENOBUFS, ENOMEM). Dropping the queue then would leave a hole in a
+ * stream that goes on. Any other error breaks the connection. */
+static inline int co__keeps_queue(ssize_t err)
+{
+	return err == -EAGAIN || err == -EINTR || err == -ENOBUFS || err == -ENOMEM;
+}
 
 /* Sends f's queue followed by the extra iovecs (not copied), until all is
  * sent, the kernel says EAGAIN, or an error. flags is MSG_DONTWAIT or 0
  * (then the socket's own blocking mode applies); MSG_NOSIGNAL is added.
  * Returns how many extra bytes were sent (all of them once the queue is
- * empty, fewer after a short send), or -errno if none was: -EAGAIN or
- * -EINTR leave the rest queued; other errors drop the queue (counted). */
+ * empty, fewer after a short send), or -errno if none was: errors for which
+ * co__keeps_queue is true leave the rest queued; others drop the queue
+ * (counted). */
 ssize_t co__send_queue(struct co_ctx *ctx, int fd, struct co_fd *f,
 		       const struct iovec *extra, int extra_cnt, size_t extra_len, int flags);
 
 /* Sends f's queue (counted as trigger, unless that is CO_ST_COUNT).
- * Returns 0 once the queue is empty, -EAGAIN or -EINTR if bytes remain, or
- * -errno of a failure (the queue is then dropped). */
+ * Returns 0 once the queue is empty, or -errno: bytes remain queued when
+ * co__keeps_queue(-errno), else the queue was dropped. */
 int co__flush_locked(struct co_ctx *ctx, int fd, struct co_fd *f,
 		     enum co_counter trigger, int flags);
 
-/* As co__flush_locked, on behalf of no application call: a failure is kept
- * and returned by the next write on fd. */
+/* As co__flush_locked, on behalf of no application call: a failure that
+ * dropped the queue is kept and returned by the next write on fd. */
 int co__flush_deferred(struct co_ctx *ctx, int fd, struct co_fd *f,
 		       enum co_counter trigger, int flags);
 
@@ -47,6 +60,12 @@ void co__discard_locked(struct co_ctx *ctx, int fd, struct co_fd *f);
  * then CO_FD_PASS, and the caller must stop coalescing that other fd too
  * (after releasing fd's lock). */
 int co__classify(struct co_ctx *ctx, int fd, struct co_fd *f);
+
+/* fd (f, its entry, locked; or NULL when fd has none) passes from now on:
+ * records its socket as having a passing fd, so that no fd coalesces it
+ * while fd holds it. Returns another fd that coalesces the socket, which the
+ * caller must stop (after releasing fd's lock), or -1. */
+int co__pass_socket(struct co_ctx *ctx, int fd, struct co_fd *f);
 
 /* Forgets f's socket identity (fd's lock held). */
 void co__release_id(struct co_ctx *ctx, int fd, struct co_fd *f);

@@ -18,6 +18,7 @@
 	X(flush_syscalls)                                                      \
 	X(flush_bytes)                                                         \
 	X(flush_eagain)                                                        \
+	X(flush_nobufs)                                                        \
 	X(flush_size)                                                          \
 	X(flush_large)                                                         \
 	X(flush_deadline)                                                      \

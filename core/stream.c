@@ -3,8 +3,10 @@
 #include "stream.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -39,11 +41,24 @@ void co__release_id(struct co_ctx *ctx, int fd, struct co_fd *f)
 	}
 }
 
+int co__pass_socket(struct co_ctx *ctx, int fd, struct co_fd *f)
+{
+	uint64_t id = f ? atomic_load_explicit(&f->sock_id, memory_order_relaxed) : 0;
+	int recorded, owner;
+
+	if (!id && (ctx->sys.socket_id(fd, &id) < 0 || id == 0))
+		return -1;
+	owner = sockmap_pass(&ctx->socks, &ctx->sys, id, f ? fd : -1, still_holds, ctx, &recorded);
+	if (f && recorded)
+		atomic_store_explicit(&f->sock_id, id, memory_order_relaxed);
+	return owner;
+}
+
 int co__classify(struct co_ctx *ctx, int fd, struct co_fd *f)
 {
 	struct sockaddr_storage peer;
 	socklen_t len = sizeof(peer);
-	int type, domain, protocol, r, other;
+	int type, domain, protocol, r, other, recorded;
 	uint64_t id;
 
 	r = sockopt_int(ctx, fd, SO_TYPE, &type);
@@ -72,20 +87,16 @@ int co__classify(struct co_ctx *ctx, int fd, struct co_fd *f)
 		atomic_store(&f->kind, CO_FD_PASS);
 		return -1;
 	}
-	other = sockmap_claim(&ctx->socks, &ctx->sys, id, fd, still_holds, ctx);
-	if (other == -2) {
-		co_stat_add(&ctx->stats, CO_ST_passthrough_nomem, 1);
-		atomic_store(&f->kind, CO_FD_PASS);
+	other = sockmap_claim(&ctx->socks, &ctx->sys, id, fd, still_holds, ctx, &recorded);
+	if (recorded)
+		atomic_store_explicit(&f->sock_id, id, memory_order_relaxed);
+	if (other == CO_SOCK_MINE) {
+		atomic_store(&f->kind, CO_FD_STREAM);
 		return -1;
 	}
-	if (other >= 0) {
-		co_stat_add(&ctx->stats, CO_ST_passthrough_dup, 1);
-		atomic_store(&f->kind, CO_FD_PASS);
-		return other;
-	}
-	atomic_store_explicit(&f->sock_id, id, memory_order_relaxed);
-	atomic_store(&f->kind, CO_FD_STREAM);
-	return -1;
+	co_stat_add(&ctx->stats, recorded ? CO_ST_passthrough_dup : CO_ST_passthrough_nomem, 1);
+	atomic_store(&f->kind, CO_FD_PASS);
+	return other;
 }
 
 /* Returns the counter for why a write on a stream socket cannot be queued,
@@ -101,22 +112,46 @@ static enum co_counter unsupported(int flags, unsigned how, int iovcnt, size_t t
 	return CO_ST_COUNT;
 }
 
+/* After a send that took only part of the caller's bytes: returns 1 if
+ * that is the kernel splitting a nonblocking write, which the caller would
+ * not have seen (it takes a small write whole or not at all), 0 if the
+ * caller would have seen the same short count: a blocking send interrupted
+ * by a signal, an error after some bytes, or a close meanwhile. Rare: one
+ * fcntl at most. fd's lock is held. */
+static int short_send_splits(struct co_ctx *ctx, int fd, struct co_fd *f, int flags)
+{
+	int fl;
+
+	if (f->deferred_err || atomic_load_explicit(&f->close_pending, memory_order_acquire))
+		return 0;
+	if (flags & MSG_DONTWAIT)
+		return 1;
+	fl = ctx->sys.fcntl_getfl(fd);
+	return fl >= 0 && (fl & O_NONBLOCK);
+}
+
 /* Sends the queue and the caller's bytes together, without copying them.
- * If the kernel is full and the bytes fit in the queue after all, queues
- * them. Returns what co_write returns. */
+ * If the kernel is full, or takes only part of a small write, and the rest
+ * fits in the queue after all, queues it: a small write is not split (the
+ * kernel takes a small write on a Unix socket whole or not at all, and
+ * another thread's bytes must not land inside it). Returns what co_write
+ * returns. */
 static ssize_t write_through(struct co_ctx *ctx, int fd, struct co_fd *f,
 			     const struct iovec *iov, int iovcnt, size_t total, int flags)
 {
 	enum co_counter trigger = total >= ctx->cfg.large_bytes ? CO_ST_flush_large : CO_ST_flush_size;
+	size_t sent;
 	ssize_t r;
 
 	co_stat_add(&ctx->stats, trigger, 1);
 	r = co__send_queue(ctx, fd, f, iov, iovcnt, total, flags & MSG_DONTWAIT);
-	if (r == -EAGAIN && total < ctx->cfg.large_bytes &&
-	    pending_len(&f->q) + total <= ctx->cfg.max_bytes &&
-	    pending_append(&f->q, &ctx->sys, iov, iovcnt, total) == 0) {
+	sent = r > 0 ? (size_t)r : 0;
+	if ((r == -EAGAIN || (r >= 0 && sent < total && short_send_splits(ctx, fd, f, flags))) &&
+	    total < ctx->cfg.large_bytes &&
+	    pending_len(&f->q) + total - sent <= ctx->cfg.max_bytes &&
+	    pending_append_from(&f->q, &ctx->sys, iov, iovcnt, sent, total - sent) == 0) {
 		f->writes++;
-		f->wbytes += total;
+		f->wbytes += total - sent;
 		r = (ssize_t)total;
 	}
 	co__sync_mark(ctx, fd, f);
@@ -158,8 +193,7 @@ static ssize_t stream_write(struct co_ctx *ctx, int fd, struct co_fd *f,
 	if (err) {
 		/* The connection is broken: from now on the kernel answers
 		 * every write itself (EPIPE), as it would have. */
-		if (err != ENOBUFS && err != ENOMEM)
-			atomic_store(&f->kind, CO_FD_PASS);
+		atomic_store(&f->kind, CO_FD_PASS);
 		return -err;
 	}
 	for (i = 0; i < iovcnt; i++) {
@@ -229,14 +263,52 @@ static ssize_t keep_signal_write(struct co_ctx *ctx, int fd, const struct iovec 
 	return (ssize_t)total;
 }
 
+/* A signal handler's kept bytes that cannot join fd's queue (memory ran
+ * out, or fd no longer coalesces): sends the queue and them as the
+ * handler's blocking write would have, waiting at most the linger time on a
+ * nonblocking socket. What cannot be sent is dropped and counted. fd's lock
+ * is held. */
+static void send_kept(struct co_ctx *ctx, int fd, struct co_fd *f, const struct iovec *kept)
+{
+	uint64_t deadline = ctx->sys.now_ns() + ctx->cfg.linger_ns, now;
+	struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+	struct iovec rest;
+	size_t done = 0;
+	ssize_t n;
+
+	while (done < kept->iov_len) {
+		rest.iov_base = (char *)kept->iov_base + done;
+		rest.iov_len = kept->iov_len - done;
+		n = co__send_queue(ctx, fd, f, &rest, 1, rest.iov_len, 0);
+		if (n > 0) {
+			done += (size_t)n;
+			continue;
+		}
+		now = ctx->sys.now_ns();
+		if (!co__keeps_queue(n) || now >= deadline)
+			break;
+		if (n == -ENOBUFS || n == -ENOMEM)
+			ctx->sys.poll(NULL, 0, 1);
+		else
+			ctx->sys.poll(&pfd, 1, (int)((deadline - now + 999999) / 1000000));
+	}
+	if (done < kept->iov_len) {
+		co__discard_locked(ctx, fd, f);
+		co_stat_add(&ctx->stats, CO_ST_bytes_dropped, kept->iov_len - done);
+		co_log(ctx, CO_LOG_ERROR, "fd %d: %zu bytes a signal handler wrote could not be sent",
+		       fd, kept->iov_len - done);
+	}
+	co__sync_mark(ctx, fd, f);
+}
+
 void co__queue_signal_writes(void)
 {
 	struct co_ctx *ctx = co__signal_writes.ctx;
 	int fd = co__signal_writes.fd;
 	struct iovec iov = { .iov_base = co__signal_writes.buf };
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 	struct co_fd *f = co_fd_find(&ctx->fds, fd);
 	sigset_t all, old;
+	int stop;
 
 	/* Still inside the handler, under the interrupted operation: that
 	 * operation's own unlock comes later. */
@@ -245,20 +317,53 @@ void co__queue_signal_writes(void)
 	/* No handler may add to the buffer while it is being emptied. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
+	stop = co__signal_writes.stop;
+	co__signal_writes.stop = 0;
 	iov.iov_len = co__signal_writes.len;
-	if (atomic_load(&f->kind) == CO_FD_STREAM &&
-	    pending_append(&f->q, &ctx->sys, &iov, 1, iov.iov_len) == 0) {
+	if (iov.iov_len == 0) {
+		/* Nothing kept: only a stop to make. */
+	} else if (atomic_load(&f->kind) == CO_FD_STREAM &&
+		   pending_append(&f->q, &ctx->sys, &iov, 1, iov.iov_len) == 0) {
+		co__signal_writes.len = 0;
 		f->writes++;
 		f->wbytes += iov.iov_len;
 		co__sync_mark(ctx, fd, f);
+		/* Full: sent as the handler's blocking write would have. */
+		if (pending_len(&f->q) >= ctx->cfg.max_bytes)
+			co__drain_locked(ctx, fd, f, CO_ST_flush_size,
+					 ctx->sys.now_ns() + ctx->cfg.linger_ns);
 	} else {
-		co__flush_locked(ctx, fd, f, CO_ST_flush_order, 0);
-		if (ctx->sys.sendmsg(fd, &msg, MSG_NOSIGNAL) != (ssize_t)iov.iov_len)
-			co_stat_add(&ctx->stats, CO_ST_bytes_dropped, iov.iov_len);
+		co_stat_add(&ctx->stats, CO_ST_writes_queued, 1);
+		co_stat_add(&ctx->stats, CO_ST_bytes_queued, iov.iov_len);
+		send_kept(ctx, fd, f, &iov);
 	}
 	co__signal_writes.len = 0;
 	co__unlock_fd(f);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (stop)
+		co_fd_stop(ctx, fd, CO_ST_passthrough_dup);
+}
+
+/* A signal handler's write on fd found that fd shares its socket with
+ * owner, the fd its own interrupted thread holds: owner cannot be stopped
+ * (its queue sent) now. Keeps the bytes, if they fit, to be queued on owner
+ * after the interrupted operation, and has owner stopped then. Returns what
+ * co_write returns. */
+static ssize_t keep_for_held_owner(struct co_ctx *ctx, int owner, const struct iovec *iov,
+				   int iovcnt, int flags, unsigned how)
+{
+	ssize_t r;
+
+	if (co__signal_writes.len && co__signal_writes.fd != owner)
+		return CO_PASSTHROUGH;
+	co__signal_writes.ctx = ctx;
+	co__signal_writes.fd = owner;
+	co__signal_writes.stop = 1;
+	r = keep_signal_write(ctx, owner, iov, iovcnt, flags, how);
+	if (r >= 0)
+		return r;
+	co_stat_add(&ctx->stats, CO_ST_passthrough_reentrant, 1);
+	return CO_PASSTHROUGH;
 }
 
 ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt,
@@ -271,10 +376,15 @@ ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt
 	*held = NULL;
 	f = co_fd_get(&ctx->fds, &ctx->sys, fd);
 	if (!f) {
-		if (fd >= CO_FD_LIMIT)
-			co_stat_add(&ctx->stats, CO_ST_passthrough_fd_range, 1);
-		else if (fd >= 0)
-			co_stat_add(&ctx->stats, CO_ST_passthrough_nomem, 1);
+		if (fd < 0)
+			return CO_PASSTHROUGH;
+		co_stat_add(&ctx->stats, fd >= CO_FD_LIMIT ? CO_ST_passthrough_fd_range
+							    : CO_ST_passthrough_nomem, 1);
+		/* No entry to remember fd by: its socket must not be
+		 * coalesced through any fd from now on. */
+		other = co__pass_socket(ctx, fd, NULL);
+		if (other >= 0)
+			co_fd_stop(ctx, other, CO_ST_passthrough_dup);
 		return CO_PASSTHROUGH;
 	}
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_PASS)
@@ -300,6 +410,8 @@ ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt
 	}
 	co__unlock_fd(f);
 	/* fd shares its socket with other: what other queued goes first. */
+	if (other >= 0 && other == co__held_fd)
+		return keep_for_held_owner(ctx, other, iov, iovcnt, flags, how);
 	if (other >= 0)
 		co_fd_stop(ctx, other, CO_ST_passthrough_dup);
 	return r;

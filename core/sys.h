@@ -19,7 +19,8 @@ struct co_sys {
 	int (*getsockopt)(int fd, int level, int name, void *val, socklen_t *len);
 	int (*getpeername)(int fd, struct sockaddr *addr, socklen_t *len);
 	int (*fcntl_getfl)(int fd);
-	/* Sets *id to what identifies the socket behind fd (its inode number). */
+	/* Sets *id to what identifies the socket behind fd (its inode number);
+	 * -ENOTSOCK if fd is not a socket. */
 	int (*socket_id)(int fd, uint64_t *id);
 	int (*poll)(struct pollfd *fds, nfds_t nfds, int timeout_ms);
 	int (*close)(int fd);

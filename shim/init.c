@@ -58,6 +58,8 @@ static int sys_socket_id(int fd, uint64_t *id)
 
 	if (r < 0)
 		r = -errno;
+	else if (!S_ISSOCK(st.st_mode))
+		r = -ENOTSOCK;
 	else
 		*id = (uint64_t)st.st_ino;
 	errno = saved;

@@ -124,22 +124,8 @@ static int trace;
 /* Known core findings the run tolerates (FUZZ_ALLOW, comma-separated), so that
  * fuzzing can go on past them until core is fixed; see README.md. */
 static int allow_dontwait_drain; /* dontwait-drain */
-static int allow_signal_fallback; /* signal-fallback */
-static int allow_signal_max; /* signal-max */
-static int allow_shared_close; /* shared-close */
-static int allow_nomem_shared; /* nomem-shared */
-static int allow_transient_drop; /* transient-drop */
 
 static struct sock *sock_of(int i);
-
-/* Known finding shared-close: once the fd that claimed a shared socket is
- * closed, another fd of that socket can be coalesced while a third one
- * passes, overtaking its queue. Tolerated by never closing (or giving a new
- * file to) one of several fds of a socket. */
-static int keep_shared(int i)
-{
-	return allow_shared_close && sock_of(i) && sock_of(i)->refs > 1;
-}
 
 /* What the current operation allows and what happened during it. */
 static int op_drain;       /* may drop after EAGAIN once the linger time passed */
@@ -361,13 +347,9 @@ static void reconcile(struct sock *s)
 	    (kl == 0 || memcmp(kd, s->owed + s->head + ql, kl) == 0))
 		return;
 	if (ql + kl == 0) {
-		int ok = s->perm_hard || s->perm_forget || (op_drain && s->perm_transient);
+		int ok = s->perm_hard || s->perm_forget;
 
-		CHECK(ok || !s->perm_transient || allow_transient_drop,
-		      "socket %d: %zu queued bytes dropped after a passing ENOBUFS/ENOMEM on a live "
-		      "connection: later bytes reach the peer after a hole", sock_slot(s), in);
-		ok |= s->perm_transient;
-		if (!ok && op_drain && s->perm_again) {
+		if (!ok && op_drain && (s->perm_again || s->perm_transient)) {
 			CHECK(now_ns >= op_start_ns + ctx->cfg.linger_ns,
 			      "socket %d: %zu queued bytes dropped before the linger time "
 			      "(waited %llu ns of %llu)", sock_slot(s), in,
@@ -375,6 +357,9 @@ static void reconcile(struct sock *s)
 			      (unsigned long long)ctx->cfg.linger_ns);
 			ok = 1;
 		}
+		CHECK(ok || !s->perm_transient,
+		      "socket %d: %zu queued bytes dropped after a passing ENOBUFS/ENOMEM on a live "
+		      "connection: later bytes reach the peer after a hole", sock_slot(s), in);
 		CHECK(ok, "socket %d: %zu owed bytes vanished from the queue without an error, "
 		      "a linger timeout or a forget", sock_slot(s), in);
 		T("    model: socket %d lost %zu queued bytes (allowed)\n", sock_slot(s), in);
@@ -470,15 +455,17 @@ static ssize_t fake_sendmsg(int fd, const struct msghdr *msg, int flags)
 	n = kern_send(s, offered, flags);
 	core_calls++;
 	if (n < 0) {
-		if (n == -EAGAIN || n == -EINTR) {
-			s->perm_again = 1;
-			soft_err[i] = (int)-n;
-			soft_at[i] = core_calls;
-		} else {
+		if (n == -EAGAIN || n == -EINTR || n == -ENOBUFS || n == -ENOMEM) {
+			/* Core keeps the queue and sends it later; a drain may
+			 * drop it once the linger time is over. */
 			if (n == -ENOBUFS || n == -ENOMEM)
 				s->perm_transient = 1;
 			else
-				s->perm_hard = 1;
+				s->perm_again = 1;
+			soft_err[i] = (int)-n;
+			soft_at[i] = core_calls;
+		} else {
+			s->perm_hard = 1;
 			hard_err[i] = (int)-n;
 			hard_at[i] = core_calls;
 		}
@@ -697,23 +684,9 @@ static void chunk_put(void *p)
 		free(p);
 }
 
-/* Known finding nomem-shared: when the fd table chunk or the sockmap cannot
- * be allocated, a write goes to libc without looking for another fd of its
- * socket that holds a queue. Tolerated by no allocation failure while a
- * socket has several fds. */
-static int socket_shared(void)
-{
-	int k;
-
-	for (k = 0; k < NSOCK; k++)
-		if (socks[k].refs > 1)
-			return 1;
-	return 0;
-}
-
 static void *fake_alloc(size_t size)
 {
-	if (fail_alloc > 0 && !(allow_nomem_shared && socket_shared())) {
+	if (fail_alloc > 0) {
 		fail_alloc--;
 		T("    alloc(%zu) fails\n", size);
 		return NULL;
@@ -823,13 +796,15 @@ static void fd_bind_new(int i, enum kind kind)
 
 /* ---- invariants ----------------------------------------------------------- */
 
-static int sockmap_has(uint64_t id, int fd)
+/* Returns 1 if fd is socket id's owner and no fd of it is recorded as
+ * passing. */
+static int sockmap_owns(uint64_t id, int fd)
 {
 	size_t k;
 
 	for (k = 0; k < ctx->socks.cap; k++)
 		if (ctx->socks.slots[k].id == id)
-			return ctx->socks.slots[k].fd == fd;
+			return ctx->socks.slots[k].owner == fd && ctx->socks.slots[k].passing == 0;
 	return 0;
 }
 
@@ -839,13 +814,6 @@ static void check_invariants(void)
 	int i, bits = 0, errors = 0;
 	struct co_stats *st = &ctx->stats;
 	size_t max_queue = ctx->cfg.max_bytes;
-
-#ifdef FUZZ_HAVE_SIGNAL_WRITES
-	/* Known finding: a signal handler's kept write is queued whatever the
-	 * queue holds already. */
-	if (allow_signal_max)
-		max_queue += CO_SIGNAL_WRITES_MAX;
-#endif
 
 	CHECK(co__held_fd == -1, "fd %d is still held after the operation", co__held_fd);
 #ifdef FUZZ_HAVE_SIGNAL_WRITES
@@ -898,7 +866,7 @@ static void check_invariants(void)
 			CHECK(atomic_load(&f->sock_id) == s->id,
 			      "fd %d is coalesced with socket id %llu, but names socket %llu", fd,
 			      (unsigned long long)atomic_load(&f->sock_id), (unsigned long long)s->id);
-			CHECK(sockmap_has(s->id, fd), "fd %d: socket id %llu not mapped to it", fd,
+			CHECK(sockmap_owns(s->id, fd), "fd %d: socket id %llu not mapped to it alone", fd,
 			      (unsigned long long)s->id);
 
 			if (ql)
@@ -1155,16 +1123,10 @@ static void do_write(int i, size_t total, int cnt, unsigned seed, int flags, uns
 		if (s)
 			s->handler_may_follow = 0;
 		/* Releasing fd may send what a signal handler wrote meanwhile: that
-		 * write (flags 0) may block as it would have in the handler. */
+		 * write (flags 0) may block as it would have in the handler, and
+		 * on a full nonblocking socket give up after the linger time. */
 		op_nonblocking = 0;
-		if (allow_signal_fallback && s) {
-			size_t kl;
-
-			/* Known finding: the fallback of co__queue_signal_writes (queue
-			 * cannot grow) sends uncounted and drops on a short send. */
-			if (kept_for(s, &kl) && kl)
-				fail_realloc = 0;
-		}
+		op_drain = 1;
 		co_write_end(held);
 		accepted = n > 0 ? (size_t)n : 0;
 		CHECK(!s || s->tent_sent == accepted, "fd %d: libc took %zu bytes, %zu reached the wire",
@@ -1196,12 +1158,13 @@ static void do_write(int i, size_t total, int cnt, unsigned seed, int flags, uns
 		CHECK(s->tent_sent <= accepted, "fd %d: %zu bytes of the call reached the wire, but "
 		      "the call was told %zu", fd, s->tent_sent, accepted);
 		if (accepted > s->tent_sent) {
-			CHECK(s->tent_sent == 0 && accepted == total,
+			/* The part of the call not sent was queued: all of it. */
+			CHECK(accepted == total,
 			      "fd %d: %zu of %zu bytes sent, %zu more counted as taken", fd, s->tent_sent,
 			      total, accepted - s->tent_sent);
-			owed_append(s, p, accepted);
+			owed_append(s, p + s->tent_sent, accepted - s->tent_sent);
 			model_app_writes++;
-			model_app_bytes += accepted;
+			model_app_bytes += accepted - s->tent_sent;
 		}
 		s->tent = outer_tent;
 		s->tent_len = outer_len;
@@ -1254,7 +1217,7 @@ static void do_read_error(int i)
 	if (e && e != EPIPE) {
 		CHECK(r == -e, "fd %d: a read got %d, the error kept is %d", fd_num[i], r, e);
 		pend[i] = 0;
-		CHECK(e == ENOBUFS || e == ENOMEM || ent_kind(i) == CO_FD_PASS,
+		CHECK(ent_kind(i) == CO_FD_PASS,
 		      "fd %d: still coalesced after its read got error %d", fd_num[i], e);
 	} else {
 		CHECK(r == 0, "fd %d: a read got %d, the model keeps error %d", fd_num[i], r, e);
@@ -1471,6 +1434,13 @@ static void do_due(uint8_t amount, uint8_t maxb)
 		}
 		for (k = 0; k < nstalled; k++)
 			listed |= stalled[k] == fd_num[i];
+		/* Short of buffers, core tries again after one delay. */
+		if ((soft_err[i] == ENOBUFS || soft_err[i] == ENOMEM) && soft_at[i] > op_calls) {
+			CHECK(next && next <= now_ns + delay, "fd %d: overdue queue kept after "
+			      "ENOBUFS/ENOMEM with no retry within a delay (next %llu)", fd_num[i],
+			      (unsigned long long)next);
+			continue;
+		}
 		CHECK(listed || nstalled == max,
 		      "fd %d: overdue queue neither sent nor reported stalled", fd_num[i]);
 		CHECK(soft_at[i] > op_calls, "fd %d: overdue queue left without an EAGAIN", fd_num[i]);
@@ -1495,8 +1465,8 @@ static void do_flush_before(int i, int flags)
 		      "fd %d: flush_before returned 0 with %zu bytes queued", fd_num[i], ent_qlen(i));
 		return;
 	}
-	CHECK(r == -EAGAIN || (r == -EINTR && !flags), "fd %d: flush_before returned %d", fd_num[i],
-	      r);
+	CHECK(r == -EAGAIN || r == -ENOBUFS || r == -ENOMEM || (r == -EINTR && !flags),
+	      "fd %d: flush_before returned %d", fd_num[i], r);
 	CHECK(soft_at[i] > op_calls && soft_err[i] == -r,
 	      "fd %d: flush_before returned %d, which the fake did not say", fd_num[i], r);
 	CHECK(ent_qlen(i) > 0, "fd %d: flush_before returned %d with nothing queued", fd_num[i], r);
@@ -1661,11 +1631,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	(void)argv;
 	trace = getenv("FUZZ_TRACE") && *getenv("FUZZ_TRACE") && strcmp(getenv("FUZZ_TRACE"), "0");
 	allow_dontwait_drain = getenv("FUZZ_ALLOW") && strstr(getenv("FUZZ_ALLOW"), "dontwait-drain");
-	allow_signal_fallback = getenv("FUZZ_ALLOW") && strstr(getenv("FUZZ_ALLOW"), "signal-fallback");
-	allow_signal_max = getenv("FUZZ_ALLOW") && strstr(getenv("FUZZ_ALLOW"), "signal-max");
-	allow_shared_close = getenv("FUZZ_ALLOW") && strstr(getenv("FUZZ_ALLOW"), "shared-close");
-	allow_nomem_shared = getenv("FUZZ_ALLOW") && strstr(getenv("FUZZ_ALLOW"), "nomem-shared");
-	allow_transient_drop = getenv("FUZZ_ALLOW") && strstr(getenv("FUZZ_ALLOW"), "transient-drop");
 	src = malloc(SRC_SIZE);
 	if (!src)
 		abort();
@@ -1775,8 +1740,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			uint8_t v = u8(&r);
 
 			op_begin(1, 0);
-			if (keep_shared(i))
-				continue;
 			do_close(i, v);
 			if (v & 2) {
 				fd_bind_new(i, kind_from(v >> 2));
@@ -1788,8 +1751,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			struct sock *s = sock_of(i);
 
 			op_begin(0, 0);
-			if (keep_shared(i))
-				continue;
 			if (s) {
 				/* fd gets a new meaning the shim learns from socket/accept: forget. */
 				s->perm_forget = 1;
@@ -1809,8 +1770,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			enum kind k = s ? s->kind : K_TCP;
 
 			op_begin(0, 0);
-			if (keep_shared(i))
-				continue;
 			if (s) {
 				s->perm_forget = 1;
 				co_fd_forget(ctx, fd_num[i]);
@@ -1839,7 +1798,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			struct co_fd *f;
 
 			op_begin(1, 0);
-			if (j == i || !sock_of(i) || keep_shared(j))
+			if (j == i || !sock_of(i))
 				continue; /* dup2 of a closed fd fails before the shim touches anything */
 			T("  dup2(fd %d, fd %d)\n", fd_num[i], fd_num[j]);
 			do_stop(i, CO_ST_passthrough_dup);

@@ -29,7 +29,7 @@ defs=$(tests/fuzz/defs.sh "$clang") || exit 1
 
 # Known core findings tolerated so that fuzzing goes on past them (see
 # tests/fuzz/README.md); FUZZ_ALLOW= (empty) makes every check strict.
-export FUZZ_ALLOW="${FUZZ_ALLOW-dontwait-drain,signal-fallback,signal-max,shared-close,nomem-shared,transient-drop}"
+export FUZZ_ALLOW="${FUZZ_ALLOW-dontwait-drain}"
 
 if [ "${1:-}" = replay ]; then
 	# A regression test for any compiler: every seed and known input once.

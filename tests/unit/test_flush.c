@@ -279,6 +279,50 @@ static void test_flush_due_reports_stalled_fds(void **state)
 	assert_int_equal(pending_fds(ctx), 0);
 }
 
+/* ENOBUFS or ENOMEM is a passing shortage: the queue stays (a drop would
+ * leave a hole in a stream that goes on), no error is kept, and the flusher
+ * tries again after one delay. */
+static void test_flush_due_keeps_the_queue_on_enobufs(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = fx->ctx;
+	uint64_t later = fake_clock() + 10 * ctx->cfg.delay_ns, next;
+	int stalled[8], nstalled;
+
+	queue_bytes(ctx, &fx->app[0], 10);
+	fake_send_error(5, ENOBUFS, 1);
+	next = co_flush_due(ctx, later, stalled, 8, &nstalled);
+	assert_int_equal(nstalled, 0);
+	assert_int_equal(next, later + ctx->cfg.delay_ns);
+	assert_int_equal(app_queued(ctx, 5), 10);
+	assert_int_equal(stat_of(ctx, CO_ST_flush_nobufs), 1);
+	assert_int_equal(stat_of(ctx, CO_ST_deferred_errors), 0);
+	assert_int_equal(stat_of(ctx, CO_ST_bytes_dropped), 0);
+	assert_int_equal(co_fd_error(ctx, 5, 0), 0);
+
+	assert_int_equal(co_flush_due(ctx, next, stalled, 8, &nstalled), 0);
+	assert_true(app_wire_is(&fx->app[0], 10));
+	/* The connection goes on, coalesced. */
+	assert_false(co_fd_passes(ctx, 5));
+	queue_bytes(ctx, &fx->app[0], 10);
+	assert_int_equal(app_queued(ctx, 5), 10);
+}
+
+/* A close retries a queue that met ENOBUFS (after a short sleep, not a poll
+ * for POLLOUT, which would say writable at once). */
+static void test_close_retries_after_enobufs(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = fx->ctx;
+
+	queue_bytes(ctx, &fx->app[0], 10);
+	fake_send_error(5, ENOMEM, 2);
+	co_close_end(co_close_begin(ctx, 5));
+	assert_true(app_wire_is(&fx->app[0], 10));
+	assert_int_equal(stat_of(ctx, CO_ST_bytes_dropped), 0);
+	assert_int_equal(fake_poll_calls(), 2);
+}
+
 static void test_flush_due_skips_a_busy_fd(void **state)
 {
 	struct fixture *fx = *state;
@@ -1045,6 +1089,8 @@ int main(void)
 		T(test_flush_due_waits_for_the_delay),
 		T(test_flush_due_returns_the_earliest_deadline),
 		T(test_flush_due_reports_stalled_fds),
+		T(test_flush_due_keeps_the_queue_on_enobufs),
+		T(test_close_retries_after_enobufs),
 		T(test_flush_due_skips_a_busy_fd),
 		T(test_flush_all_nowait_over_several_fds),
 		T(test_flush_all_nowait_skips_a_busy_fd),

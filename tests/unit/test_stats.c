@@ -21,7 +21,7 @@ static const char *const expected_keys[] = {
 	"pid",
 	"writes_queued", "bytes_queued", "writes_sent_along", "writes_direct",
 	"writes_from_signal_handlers",
-	"flush_syscalls", "flush_bytes", "flush_eagain",
+	"flush_syscalls", "flush_bytes", "flush_eagain", "flush_nobufs",
 	"flush_size", "flush_large", "flush_deadline", "flush_read", "flush_wait",
 	"flush_close", "flush_order", "flush_exit", "flush_fork", "flush_exec", "flush_signal",
 	"passthrough_not_socket", "passthrough_not_stream", "passthrough_not_connected",

@@ -198,8 +198,13 @@ static void *flusher_main(void *arg)
 			co_flush_all_nowait(ctx, CO_ST_flush_read);
 		if (round % 7 == 0)
 			co_flush_if_pending(ctx, CO_ST_flush_wait);
-		if (round % 101 == 0)
-			co_flush_all_final(ctx, CO_ST_flush_fork);
+		/* A final flush for an exec that then fails: writes meanwhile
+		 * go out at once, and coalescing resumes. */
+		if (round % 101 == 100) {
+			co_flush_all_final(ctx, CO_ST_flush_exec);
+			sched_yield();
+			co_exit_cancelled(ctx);
+		}
 		round++;
 		sched_yield();
 	}
@@ -331,7 +336,10 @@ static const char *run_writers(int direct, int shared_chaos)
 	} else if (co_stat_get(st, CO_ST_writes_queued) == 0 ||
 		   atomic_load(&run.on_pending_calls) == 0) {
 		/* Small records must have been queued and batched. */
-		fault = "nothing was queued";
+		snprintf(why, sizeof(why), "nothing was queued (writes_queued %llu, on_pending %d)",
+			 (unsigned long long)co_stat_get(st, CO_ST_writes_queued),
+			 atomic_load(&run.on_pending_calls));
+		fault = why;
 	} else if (direct && co_stat_get(st, CO_ST_writes_direct) == 0) {
 		fault = "no lone write was sent at once";
 	} else if (!direct && co_stat_get(st, CO_ST_writes_direct) != 0) {
