@@ -103,7 +103,7 @@ static const char *load_path(co_getenv_fn get, const char *name)
 
 int co_config_load(struct co_config *cfg, co_getenv_fn get, co_report_fn report)
 {
-	unsigned long long delay_us, max_bytes, large_bytes, linger_ms;
+	unsigned long long delay_us, max_bytes, large_bytes, linger_ms, max_msgs, interval_ms;
 	int bad = 0;
 
 	bad += load_flag(get, report, "COALESCE_DISABLE", 0, &cfg->disabled);
@@ -118,12 +118,18 @@ int co_config_load(struct co_config *cfg, co_getenv_fn get, co_report_fn report)
 			   &large_bytes);
 	bad += load_number(get, report, "COALESCE_LINGER_MS", 0, 600000,
 			   CO_DEFAULT_LINGER_MS, &linger_ms);
+	bad += load_number(get, report, "COALESCE_MAX_MSGS", 2, CO_MAX_MSGS_LIMIT,
+			   CO_DEFAULT_MAX_MSGS, &max_msgs);
+	bad += load_number(get, report, "COALESCE_STATS_INTERVAL_MS", 0, 86400000, 0,
+			   &interval_ms);
 	bad += load_log_level(get, report, &cfg->log_level);
 	cfg->delay_ns = delay_us * 1000;
 	cfg->max_bytes = max_bytes;
 	/* A write that cannot fit in the queue is never copied. */
 	cfg->large_bytes = large_bytes < max_bytes ? large_bytes : max_bytes;
 	cfg->linger_ns = linger_ms * 1000000;
+	cfg->max_msgs = max_msgs;
+	cfg->stats_interval_ns = interval_ms * 1000000;
 	cfg->log_file = load_path(get, "COALESCE_LOG_FILE");
 	cfg->stats_path = load_path(get, "COALESCE_STATS");
 	return bad;

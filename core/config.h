@@ -14,6 +14,8 @@ struct co_config {
 	size_t max_bytes;       /* COALESCE_MAX_BYTES: queue size that triggers a flush. */
 	size_t large_bytes;     /* COALESCE_LARGE_BYTES: writes this big are not copied. */
 	uint64_t linger_ns;     /* COALESCE_LINGER_MS: how long close waits on a full nonblocking socket. */
+	size_t max_msgs;        /* COALESCE_MAX_MSGS: datagrams queued that trigger a flush. */
+	uint64_t stats_interval_ns; /* COALESCE_STATS_INTERVAL_MS: rewrite the stats file this often (0: at exit only). */
 	enum co_log_level log_level; /* COALESCE_LOG */
 	/* These two point into the environment: copy them if it may change. */
 	const char *log_file;   /* COALESCE_LOG_FILE, or NULL for stderr. */
@@ -24,6 +26,8 @@ struct co_config {
 #define CO_DEFAULT_MAX_BYTES 65536
 #define CO_DEFAULT_LARGE_BYTES 32768
 #define CO_DEFAULT_LINGER_MS 1000
+#define CO_DEFAULT_MAX_MSGS 64
+#define CO_MAX_MSGS_LIMIT 1024 /* UIO_MAXIOV: one sendmmsg at most */
 
 /* Looks up one environment variable; returns NULL when it is not set. */
 typedef const char *(*co_getenv_fn)(const char *name);

@@ -18,7 +18,10 @@ enum co_fd_kind {
 	CO_FD_UNKNOWN = 0, /* Not classified yet: the next write looks. */
 	CO_FD_PASS,        /* Never coalesced: every call goes to libc. */
 	CO_FD_STREAM,      /* A connected stream socket: writes are queued. */
+	CO_FD_DGRAM,       /* A UDP or Unix datagram socket: datagrams are queued. */
 };
+
+struct co_dgram;
 
 struct co_fd {
 	pthread_mutex_t lock;
@@ -32,6 +35,7 @@ struct co_fd {
 	unsigned burst_epoch; /* The writer's wait epoch when the burst began. */
 	unsigned char direct; /* The last burst was one write: send the next one at once. */
 	_Atomic uint64_t sock_id; /* The socket's identity once claimed in ctx->socks, or 0. */
+	struct co_dgram *dg;  /* CO_FD_DGRAM: the datagram state (dgram.h). */
 	/* Set by a close that could not wait for the holder of the lock (see
 	 * co_close_or_hand_over): the holder sends the rest of the queue to
 	 * the socket through private_fd, and finishes the close when it

@@ -3,6 +3,7 @@
  * and fork. */
 #include <errno.h>
 
+#include "dgram.h"
 #include "send.h"
 #include "stream.h"
 
@@ -38,7 +39,7 @@ int co_take_read_error(struct co_ctx *ctx, int fd)
 	    co__trylock_fd(f, fd) != 0)
 		return 0;
 	err = f->deferred_err == EPIPE ? 0 : co__take_error(ctx, f);
-	if (err)
+	if (err && atomic_load(&f->kind) == CO_FD_STREAM)
 		atomic_store(&f->kind, CO_FD_PASS);
 	co__unlock_fd(f);
 	return -err;
@@ -122,7 +123,8 @@ int co_flush_before(struct co_ctx *ctx, int fd, enum co_counter trigger, int fla
 	struct co_fd *f = co_fd_find(&ctx->fds, fd);
 	int r;
 
-	if (!f || atomic_load(&f->kind) != CO_FD_STREAM || co__lock_fd(f, fd) != 0)
+	if (!f || (atomic_load(&f->kind) != CO_FD_STREAM && atomic_load(&f->kind) != CO_FD_DGRAM) ||
+	    co__lock_fd(f, fd) != 0)
 		return 0;
 	r = co__flush_deferred(ctx, fd, f, trigger, flags);
 	co__unlock_fd(f);
@@ -136,6 +138,8 @@ static void reset_locked(struct co_ctx *ctx, int fd, struct co_fd *f)
 	pending_release(&f->q, &ctx->sys);
 	co__release_id(ctx, fd, f);
 	co__take_error(ctx, f);
+	if (f->dg)
+		co__dgram_release(ctx, f);
 	f->burst = 0;
 	f->burst_epoch = 0;
 	f->direct = 0;
@@ -313,6 +317,8 @@ static void reset_in_child(int fd, struct co_fd *f, void *argp)
 	}
 	pending_discard(&f->q);
 	pending_release(&f->q, &ctx->sys);
+	if (f->dg)
+		f->dg->msgs = 0;
 	f->writes = 0;
 	f->wbytes = 0;
 	co_fd_mark(&ctx->fds, fd, 0);

@@ -6,9 +6,7 @@
 
 #define CO_PENDING_MIN_CAP 4096
 
-/* Makes room for need more bytes after tail, first by moving the queued
- * bytes to the start of the buffer, then by growing it. Returns 0 or -ENOMEM. */
-static int pending_reserve(struct co_pending *q, const struct co_sys *sys, size_t need)
+int pending_reserve(struct co_pending *q, const struct co_sys *sys, size_t need)
 {
 	size_t len = pending_len(q);
 	size_t cap;

@@ -22,6 +22,11 @@ static inline size_t pending_len(const struct co_pending *q)
 	return q->tail - q->head;
 }
 
+/* Makes room for need more bytes after tail, first by moving the queued
+ * bytes to the start of the buffer, then by growing it. Returns 0 or
+ * -ENOMEM. Appends of at most need bytes then cannot fail. */
+int pending_reserve(struct co_pending *q, const struct co_sys *sys, size_t need);
+
 /* Copies the total bytes described by iov to the end of the queue, growing
  * the buffer if needed. Returns 0, or -ENOMEM if the buffer could not grow
  * (the queue is then unchanged). */

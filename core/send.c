@@ -1,16 +1,27 @@
 /* Sending queued bytes with sendmsg, with partial sends, EAGAIN and errors. */
 #include "send.h"
 
+#include "dgram.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <string.h>
 
 #define CO_IOV_MAX 1024
 
+uint64_t co__waited(struct co_ctx *ctx, struct co_fd *f)
+{
+	uint64_t now = ctx->sys.now_ns();
+
+	return now > f->first_ns ? now - f->first_ns : 0;
+}
+
 /* Folds the writes queued on f since the last flush into the counters. */
 static void fold_writes(struct co_ctx *ctx, struct co_fd *f, int along)
 {
 	co_stats_batch(&ctx->stats, (uint64_t)f->writes + (unsigned)along);
+	if (f->writes)
+		co_stats_delay(&ctx->stats, co__waited(ctx, f), f->writes);
 	co_stat_add(&ctx->stats, CO_ST_writes_queued, f->writes);
 	co_stat_add(&ctx->stats, CO_ST_bytes_queued, f->wbytes);
 	if (along)
@@ -64,7 +75,7 @@ int co__take_error(struct co_ctx *ctx, struct co_fd *f)
 
 void co__discard_locked(struct co_ctx *ctx, int fd, struct co_fd *f)
 {
-	size_t n = pending_discard(&f->q);
+	size_t n = f->dg ? co__dgram_discard(ctx, f) : pending_discard(&f->q);
 
 	co_stat_add(&ctx->stats, CO_ST_writes_queued, f->writes);
 	co_stat_add(&ctx->stats, CO_ST_bytes_queued, f->wbytes);
@@ -87,6 +98,8 @@ ssize_t co__send_queue(struct co_ctx *ctx, int fd, struct co_fd *f,
 	ssize_t n;
 	int along = extra_len > 0, i, to;
 
+	if (f->dg)
+		return co__dgram_send_queue(ctx, fd, f, flags);
 	for (;;) {
 		qlen = pending_len(&f->q);
 		if (qlen == 0 && sent_extra == extra_len)

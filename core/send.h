@@ -67,8 +67,15 @@ int co__classify(struct co_ctx *ctx, int fd, struct co_fd *f);
  * caller must stop (after releasing fd's lock), or -1. */
 int co__pass_socket(struct co_ctx *ctx, int fd, struct co_fd *f);
 
+/* Decides whether a write should skip the queue because it is alone
+ * (stream.c). Returns 1 to send at once. */
+int co__send_at_once(struct co_fd *f);
+
 /* Forgets f's socket identity (fd's lock held). */
 void co__release_id(struct co_ctx *ctx, int fd, struct co_fd *f);
+
+/* How long the oldest byte of f's queue has waited, in ns. */
+uint64_t co__waited(struct co_ctx *ctx, struct co_fd *f);
 
 /* Brings fd's pending bit in line with its queue; when the queue has just
  * become non-empty, stamps its time and tells the deadline flusher. */

@@ -20,6 +20,23 @@ void co_stats_batch(struct co_stats *st, uint64_t writes)
 	atomic_fetch_add_explicit(&st->batch[bucket], 1, memory_order_relaxed);
 }
 
+void co_stats_delay(struct co_stats *st, uint64_t waited_ns, uint64_t writes)
+{
+	uint64_t us = waited_ns / 1000, max = atomic_load_explicit(&st->delay_max_ns,
+								     memory_order_relaxed);
+	int bucket = 0;
+
+	while (us > 0 && bucket < CO_DELAY_BUCKETS - 1) {
+		us >>= 1;
+		bucket++;
+	}
+	atomic_fetch_add_explicit(&st->delay[bucket], writes, memory_order_relaxed);
+	while (waited_ns > max &&
+	       !atomic_compare_exchange_weak_explicit(&st->delay_max_ns, &max, waited_ns,
+						      memory_order_relaxed, memory_order_relaxed))
+		;
+}
+
 /* Appends to buf at *len, never past size - 1. */
 static void append(char *buf, size_t size, size_t *len, const char *fmt,
 		   const char *key, unsigned long long value)
@@ -53,6 +70,15 @@ size_t co_stats_format(struct co_stats *st, long pid, char *buf, size_t size)
 		       (unsigned long long)atomic_load_explicit(&st->batch[i],
 								memory_order_relaxed));
 	}
+	for (i = 0; i < CO_DELAY_BUCKETS; i++) {
+		snprintf(key, sizeof(key), "delay_us_%u", 1u << i);
+		append(buf, size, &len, ",\n  \"%s\": %llu", key,
+		       (unsigned long long)atomic_load_explicit(&st->delay[i],
+								memory_order_relaxed));
+	}
+	append(buf, size, &len, ",\n  \"%s\": %llu", "delay_us_max",
+	       (unsigned long long)atomic_load_explicit(&st->delay_max_ns, memory_order_relaxed) /
+		       1000);
 	append(buf, size, &len, "%s\n}\n", "", 0);
 	return len;
 }

@@ -15,6 +15,7 @@
 	X(writes_sent_along)                                                   \
 	X(writes_direct)                                                       \
 	X(writes_from_signal_handlers)                                         \
+	X(dgrams_queued)                                                       \
 	X(flush_syscalls)                                                      \
 	X(flush_bytes)                                                         \
 	X(flush_eagain)                                                        \
@@ -30,6 +31,9 @@
 	X(flush_fork)                                                          \
 	X(flush_exec)                                                          \
 	X(flush_signal)                                                        \
+	X(dgram_flush_sendmmsg)                                                \
+	X(dgram_flush_gso)                                                     \
+	X(dgram_gso_fallbacks)                                                 \
 	X(passthrough_not_socket)                                              \
 	X(passthrough_not_stream)                                              \
 	X(passthrough_not_connected)                                           \
@@ -43,9 +47,12 @@
 	X(passthrough_fd_range)                                                \
 	X(passthrough_reentrant)                                               \
 	X(passthrough_exiting)                                                 \
+	X(passthrough_dgram_size)                                              \
+	X(passthrough_dgram_dest)                                              \
 	X(deferred_errors)                                                     \
 	X(closes_handed_over)                                                  \
-	X(bytes_dropped)
+	X(bytes_dropped)                                                       \
+	X(dgrams_dropped)
 
 enum co_counter {
 #define CO_STATS_ENUM(name) CO_ST_##name,
@@ -57,9 +64,17 @@ enum co_counter {
 /* Writes per flush syscall, in power-of-two buckets: 1, 2-3, 4-7, ... */
 #define CO_BATCH_BUCKETS 12
 
+/* Time the oldest queued byte waited when its flush began, in power-of-two
+ * buckets of microseconds: < 1, [1, 2), [2, 4), ... (the last takes the
+ * rest); counted once per queued write, so each write's delay is at most
+ * its bucket's bound. */
+#define CO_DELAY_BUCKETS 24
+
 struct co_stats {
 	_Atomic uint64_t counter[CO_ST_COUNT];
 	_Atomic uint64_t batch[CO_BATCH_BUCKETS];
+	_Atomic uint64_t delay[CO_DELAY_BUCKETS];
+	_Atomic uint64_t delay_max_ns;
 };
 
 static inline void co_stat_add(struct co_stats *st, enum co_counter c, uint64_t n)
@@ -74,6 +89,10 @@ static inline uint64_t co_stat_get(struct co_stats *st, enum co_counter c)
 
 /* Records one flush syscall that carried out the given number of writes. */
 void co_stats_batch(struct co_stats *st, uint64_t writes);
+
+/* Records that writes queued writes are flushed, the oldest having waited
+ * waited_ns. */
+void co_stats_delay(struct co_stats *st, uint64_t waited_ns, uint64_t writes);
 
 /* Formats the counters as a flat JSON object, one "key": value per line.
  * Returns the length written (truncated to size - 1 if too small). */

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "dgram.h"
 #include "send.h"
 
 /* Flags a queued write may carry: the rest need the kernel to see the call. */
@@ -69,16 +70,20 @@ int co__classify(struct co_ctx *ctx, int fd, struct co_fd *f)
 	}
 	if (r < 0)
 		return -1;
-	if (type != SOCK_STREAM || sockopt_int(ctx, fd, SO_DOMAIN, &domain) < 0 ||
+	if ((type != SOCK_STREAM && type != SOCK_DGRAM) ||
+	    sockopt_int(ctx, fd, SO_DOMAIN, &domain) < 0 ||
 	    sockopt_int(ctx, fd, SO_PROTOCOL, &protocol) < 0 ||
 	    !(domain == AF_UNIX ||
-	      ((domain == AF_INET || domain == AF_INET6) && protocol == IPPROTO_TCP))) {
+	      ((domain == AF_INET || domain == AF_INET6) &&
+	       protocol == (type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP)))) {
 		co_stat_add(&ctx->stats, CO_ST_passthrough_not_stream, 1);
 		atomic_store(&f->kind, CO_FD_PASS);
 		return -1;
 	}
+	/* A stream socket is coalesced once connected; a datagram socket
+	 * either way (its sends may name their destination). */
 	r = ctx->sys.getpeername(fd, (struct sockaddr *)&peer, &len);
-	if (r < 0) {
+	if (r < 0 && type == SOCK_STREAM) {
 		co_stat_add(&ctx->stats, CO_ST_passthrough_not_connected, 1);
 		return -1;
 	}
@@ -90,11 +95,16 @@ int co__classify(struct co_ctx *ctx, int fd, struct co_fd *f)
 	other = sockmap_claim(&ctx->socks, &ctx->sys, id, fd, still_holds, ctx, &recorded);
 	if (recorded)
 		atomic_store_explicit(&f->sock_id, id, memory_order_relaxed);
-	if (other == CO_SOCK_MINE) {
+	if (other == CO_SOCK_MINE && type == SOCK_STREAM) {
 		atomic_store(&f->kind, CO_FD_STREAM);
 		return -1;
 	}
-	co_stat_add(&ctx->stats, recorded ? CO_ST_passthrough_dup : CO_ST_passthrough_nomem, 1);
+	if (other == CO_SOCK_MINE && co__dgram_setup(ctx, fd, f, domain, r == 0) == 0) {
+		atomic_store(&f->kind, CO_FD_DGRAM);
+		return -1;
+	}
+	co_stat_add(&ctx->stats, recorded && other != CO_SOCK_MINE ? CO_ST_passthrough_dup
+								   : CO_ST_passthrough_nomem, 1);
 	atomic_store(&f->kind, CO_FD_PASS);
 	return other;
 }
@@ -166,7 +176,7 @@ static ssize_t write_through(struct co_ctx *ctx, int fd, struct co_fd *f,
  * burst. When the previous burst was a single write, the first write of
  * the next one is sent at once (the queue being empty); any further write in
  * the same burst is queued. fd's lock is held. Returns 1 to send at once. */
-static int send_at_once(struct co_fd *f)
+int co__send_at_once(struct co_fd *f)
 {
 	unsigned epoch = co__wait_epoch;
 
@@ -215,7 +225,7 @@ static ssize_t stream_write(struct co_ctx *ctx, int fd, struct co_fd *f,
 	}
 	if (total == 0)
 		return 0;
-	if (ctx->cfg.direct && send_at_once(f)) {
+	if (ctx->cfg.direct && co__send_at_once(f)) {
 		co_stat_add(&ctx->stats, CO_ST_writes_direct, 1);
 		return CO_PASSTHROUGH;
 	}
@@ -366,8 +376,8 @@ static ssize_t keep_for_held_owner(struct co_ctx *ctx, int owner, const struct i
 	return CO_PASSTHROUGH;
 }
 
-ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt,
-		 int flags, unsigned how, struct co_fd **held)
+ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt, int flags,
+		  unsigned how, const struct sockaddr *addr, socklen_t addrlen, struct co_fd **held)
 {
 	struct co_fd *f;
 	int other = -1;
@@ -390,8 +400,11 @@ ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_PASS)
 		return CO_PASSTHROUGH;
 	if (co__lock_fd(f, fd) != 0) {
-		/* A signal handler interrupted this thread inside the shim on fd. */
-		r = keep_signal_write(ctx, fd, iov, iovcnt, flags, how);
+		/* A signal handler interrupted this thread inside the shim on
+		 * fd. (Datagrams must stay apart: those go to libc.) */
+		r = atomic_load(&f->kind) == CO_FD_STREAM
+			    ? keep_signal_write(ctx, fd, iov, iovcnt, flags, how)
+			    : -1;
 		if (r >= 0)
 			return r;
 		co_stat_add(&ctx->stats, CO_ST_passthrough_reentrant, 1);
@@ -399,8 +412,10 @@ ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt
 	}
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_UNKNOWN)
 		other = co__classify(ctx, fd, f);
-	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_STREAM) {
-		r = stream_write(ctx, fd, f, iov, iovcnt, flags, how);
+	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_STREAM ||
+	    atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_DGRAM) {
+		r = f->dg ? co__dgram_write(ctx, fd, f, iov, iovcnt, flags, how, addr, addrlen)
+			  : stream_write(ctx, fd, f, iov, iovcnt, flags, how);
 		if (r == CO_PASSTHROUGH) {
 			*held = f;
 			return r;
@@ -410,7 +425,7 @@ ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt
 	}
 	co__unlock_fd(f);
 	/* fd shares its socket with other: what other queued goes first. */
-	if (other >= 0 && other == co__held_fd)
+	if (other >= 0 && other == co__held_fd && !f->dg)
 		return keep_for_held_owner(ctx, other, iov, iovcnt, flags, how);
 	if (other >= 0)
 		co_fd_stop(ctx, other, CO_ST_passthrough_dup);

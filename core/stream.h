@@ -26,20 +26,43 @@ static inline int co_fd_passes(struct co_ctx *ctx, int fd)
 	return f && atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_PASS;
 }
 
-/* Handles one application write of the bytes in iov on fd. Small writes are
+/* Returns 1 if fd is a datagram socket core queues for. */
+static inline int co_fd_is_dgram(struct co_ctx *ctx, int fd)
+{
+	struct co_fd *f = co_fd_find(&ctx->fds, fd);
+
+	return f && atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_DGRAM;
+}
+
+/* Handles one application write of the bytes in iov on fd (to addr, on a
+ * datagram socket; CO_WRITE_ADDR in how without addr means an address core
+ * is not shown). Small writes are
  * copied into fd's queue; a large one, or one that fills the queue, goes out
  * with the queue in one sendmsg. Returns the number of bytes taken, -errno
  * (a deferred error of an earlier flush, or the kernel's), or
  * CO_PASSTHROUGH. In that last case *held is fd's entry, still locked, or
  * NULL: the caller makes the libc call, then calls co_write_end(*held), so
  * that no other thread's bytes land between the queue and this call's. */
-ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt,
-		 int flags, unsigned how, struct co_fd **held);
+ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt, int flags,
+		  unsigned how, const struct sockaddr *addr, socklen_t addrlen, struct co_fd **held);
 
-static inline void co_write_end(struct co_fd *held)
+static inline ssize_t co_write(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt,
+			       int flags, unsigned how, struct co_fd **held)
 {
-	if (held)
+	return co_sendto(ctx, fd, iov, iovcnt, flags, how, NULL, 0, held);
+}
+
+/* A datagram socket learns the destinations the kernel accepted (dgram.c). */
+void co__dgram_learn(struct co_fd *f, ssize_t r);
+
+/* Ends a write handed back to libc, which returned r. */
+static inline void co_write_end(struct co_fd *held, ssize_t r)
+{
+	if (held) {
+		if (held->dg)
+			co__dgram_learn(held, r);
 		co__unlock_fd(held);
+	}
 }
 
 /* After the flush before a read on fd: a failure of a flush on fd that the

@@ -16,6 +16,8 @@
 struct co_sys {
 	ssize_t (*sendmsg)(int fd, const struct msghdr *msg, int flags);
 	ssize_t (*writev)(int fd, const struct iovec *iov, int iovcnt);
+	/* Returns how many messages went, or -errno if none did. */
+	int (*sendmmsg)(int fd, struct mmsghdr *msgs, unsigned int vlen, int flags);
 	int (*getsockopt)(int fd, int level, int name, void *val, socklen_t *len);
 	int (*getpeername)(int fd, struct sockaddr *addr, socklen_t *len);
 	int (*fcntl_getfl)(int fd);

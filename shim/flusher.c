@@ -11,7 +11,9 @@
  * full are watched for POLLOUT. The thread blocks every signal, and owns no
  * fd: programs that close every fd they did not open (daemons, closefrom)
  * must not be able to take one from under it, nor have it write into the
- * fd that gets the number next. */
+ * fd that gets the number next. With COALESCE_STATS_INTERVAL_MS it also
+ * rewrites the statistics file that often while it runs (opening the file
+ * for a moment each time). */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/prctl.h>
@@ -65,13 +67,17 @@ static void *flusher_main(void *unused)
 {
 	struct co_ctx *ctx = &co_shim_ctx;
 	int stalled[CO_FLUSHER_MAX_STALLED];
-	uint64_t now, next, idle_since = 0;
+	uint64_t now, next, idle_since = 0, stats_due = 0;
 	int nstalled;
 
 	(void)unused;
 	prctl(PR_SET_TIMERSLACK, 1000UL);
 	for (;;) {
 		now = ctx->sys.now_ns();
+		if (ctx->cfg.stats_interval_ns && now >= stats_due) {
+			co_shim_write_stats();
+			stats_due = now + ctx->cfg.stats_interval_ns;
+		}
 		next = co_flush_due(ctx, now, stalled, CO_FLUSHER_MAX_STALLED, &nstalled);
 		if (next) {
 			idle_since = 0;

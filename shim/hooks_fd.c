@@ -193,8 +193,22 @@ CO_HOOK int ioctl(int fd, unsigned long request, ...)
 	return REAL(ioctl)(fd, request, arg);
 }
 
+/* On a datagram socket an option (IP_TOS, a TTL, the send buffer...) applies
+ * to the datagrams sent after it: the queued ones go first, and the socket
+ * is looked at again (its limits may change). */
 CO_HOOK int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
 {
+	int r, saved;
+
+	if (co_shim_on && co_fd_is_dgram(&co_shim_ctx, fd)) {
+		if (flush_first(fd) < 0)
+			return -1;
+		r = REAL(setsockopt)(fd, level, name, val, len);
+		saved = errno;
+		forget(fd);
+		errno = saved;
+		return r;
+	}
 	nudge(fd);
 	return REAL(setsockopt)(fd, level, name, val, len);
 }

@@ -33,8 +33,11 @@ static void on_fatal_signal(int sig)
 	sigset_t set;
 	int saved = errno;
 
-	if (co_shim_on && !co_shim_in_vfork_child())
+	if (co_shim_on && !co_shim_in_vfork_child()) {
 		co_flush_all_nowait(&co_shim_ctx, CO_ST_flush_signal);
+		/* No destructor runs after this signal: the counters now. */
+		co_shim_write_stats();
+	}
 	memset(&dfl, 0, sizeof(dfl));
 	dfl.sa_handler = SIG_DFL;
 	REAL(sigaction)(sig, &dfl, NULL);

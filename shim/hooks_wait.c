@@ -214,8 +214,23 @@ CO_HOOK int accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags
 	return r;
 }
 
+/* connect on a datagram socket changes where sends without an address go:
+ * what was queued goes first, to the old peer, and the socket is looked at
+ * again. */
 CO_HOOK int connect(int fd, const struct sockaddr *addr, socklen_t addrlen)
 {
+	int r, saved;
+
+	if (co_shim_on && co_fd_is_dgram(&co_shim_ctx, fd)) {
+		r = co_flush_before(&co_shim_ctx, fd, CO_ST_flush_order, 0);
+		if (r < 0)
+			return (int)co_shim_result(r, MSG_NOSIGNAL);
+		r = REAL(connect)(fd, addr, addrlen);
+		saved = errno;
+		co_fd_forget(&co_shim_ctx, fd);
+		errno = saved;
+		return r;
+	}
 	flush_before_wait(1);
 	return REAL(connect)(fd, addr, addrlen);
 }

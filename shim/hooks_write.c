@@ -17,9 +17,10 @@ static inline int passes(int fd)
  * *held with co_write_end. */
 static __attribute__((noinline)) ssize_t through_core(int fd, const struct iovec *iov,
 						      int iovcnt, int flags, unsigned how,
+						      const struct sockaddr *addr, socklen_t addrlen,
 						      struct co_fd **held)
 {
-	ssize_t r = co_write(&co_shim_ctx, fd, iov, iovcnt, flags, how, held);
+	ssize_t r = co_sendto(&co_shim_ctx, fd, iov, iovcnt, flags, how, addr, addrlen, held);
 
 	return r == CO_PASSTHROUGH ? r : co_shim_result(r, flags);
 }
@@ -29,7 +30,7 @@ static inline ssize_t passed(struct co_fd *held, ssize_t r)
 {
 	int saved = errno;
 
-	co_write_end(held);
+	co_write_end(held, r);
 	errno = saved;
 	return r;
 }
@@ -39,7 +40,7 @@ static __attribute__((noinline)) ssize_t write_slow(int fd, const void *buf, siz
 {
 	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
 	struct co_fd *held;
-	ssize_t r = through_core(fd, &iov, 1, flags, 0, &held);
+	ssize_t r = through_core(fd, &iov, 1, flags, 0, NULL, 0, &held);
 
 	if (r != CO_PASSTHROUGH)
 		return r;
@@ -74,7 +75,7 @@ CO_HOOK ssize_t sendto(int fd, const void *buf, size_t len, int flags,
 
 	if (passes(fd))
 		return REAL(sendto)(fd, buf, len, flags, addr, addrlen);
-	r = through_core(fd, &iov, 1, flags, addr ? CO_WRITE_ADDR : 0, &held);
+	r = through_core(fd, &iov, 1, flags, addr ? CO_WRITE_ADDR : 0, addr, addrlen, &held);
 	if (r != CO_PASSTHROUGH)
 		return r;
 	return passed(held, REAL(sendto)(fd, buf, len, flags, addr, addrlen));
@@ -90,7 +91,7 @@ CO_HOOK ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	r = through_core(fd, msg->msg_iov, (int)msg->msg_iovlen, flags,
 			 (msg->msg_name ? CO_WRITE_ADDR : 0) |
 				 (msg->msg_controllen ? CO_WRITE_CONTROL : 0),
-			 &held);
+			 msg->msg_name, msg->msg_namelen, &held);
 	if (r != CO_PASSTHROUGH)
 		return r;
 	return passed(held, REAL(sendmsg)(fd, msg, flags));
@@ -103,22 +104,44 @@ CO_HOOK ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
 
 	if (passes(fd))
 		return REAL(writev)(fd, iov, iovcnt);
-	r = through_core(fd, iov, iovcnt, 0, 0, &held);
+	r = through_core(fd, iov, iovcnt, 0, 0, NULL, 0, &held);
 	if (r != CO_PASSTHROUGH)
 		return r;
 	return passed(held, REAL(writev)(fd, iov, iovcnt));
 }
 
-/* sendmmsg on a stream socket is rare: send the queue first, then let libc
- * have it. */
+/* sendmmsg: each message is one send of its own, in order (on a datagram
+ * socket, one datagram to its own destination). Returns how many went, or
+ * -1 with errno if none did, as the kernel does. */
+static __attribute__((noinline)) int sendmmsg_slow(int fd, struct mmsghdr *msgs,
+						   unsigned int vlen, int flags)
+{
+	struct co_fd *held;
+	struct msghdr *m;
+	unsigned int i;
+	ssize_t r;
+
+	for (i = 0; i < vlen; i++) {
+		m = &msgs[i].msg_hdr;
+		r = co_sendto(&co_shim_ctx, fd, m->msg_iov, (int)m->msg_iovlen, flags,
+			      (m->msg_name ? CO_WRITE_ADDR : 0) |
+				      (m->msg_controllen ? CO_WRITE_CONTROL : 0),
+			      m->msg_name, m->msg_namelen, &held);
+		if (r == CO_PASSTHROUGH)
+			r = passed(held, REAL(sendmsg)(fd, m, flags));
+		else if (r < 0)
+			r = i ? r : co_shim_result(r, flags);
+		if (r < 0)
+			return i ? (int)i : -1;
+		msgs[i].msg_len = (unsigned int)r;
+	}
+	return (int)vlen;
+}
+
 CO_HOOK int sendmmsg(int fd, struct mmsghdr *msgs, unsigned int vlen, int flags)
 {
-	int r;
-
-	if (!passes(fd)) {
-		r = co_flush_before(&co_shim_ctx, fd, CO_ST_flush_order, flags & MSG_DONTWAIT);
-		if (r < 0)
-			return (int)co_shim_result(r, flags);
-	}
-	return REAL(sendmmsg)(fd, msgs, vlen, flags);
+	if (passes(fd) || !msgs)
+		return REAL(sendmmsg)(fd, msgs, vlen, flags);
+	/* The kernel sends at most UIO_MAXIOV messages per call. */
+	return sendmmsg_slow(fd, msgs, vlen < UIO_MAXIOV ? vlen : UIO_MAXIOV, flags);
 }

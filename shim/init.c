@@ -36,6 +36,11 @@ static ssize_t sys_writev(int fd, const struct iovec *iov, int iovcnt)
 	CO_KEEP_ERRNO(REAL(writev)(fd, iov, iovcnt));
 }
 
+static int sys_sendmmsg(int fd, struct mmsghdr *msgs, unsigned int vlen, int flags)
+{
+	CO_KEEP_ERRNO(REAL(sendmmsg)(fd, msgs, vlen, flags));
+}
+
 static int sys_getsockopt(int fd, int level, int name, void *val, socklen_t *len)
 {
 	CO_KEEP_ERRNO(REAL(getsockopt)(fd, level, name, val, len));
@@ -149,6 +154,7 @@ static void sys_free(void *ptr)
 static const struct co_sys co_shim_sys = {
 	.sendmsg = sys_sendmsg,
 	.writev = sys_writev,
+	.sendmmsg = sys_sendmmsg,
 	.getsockopt = sys_getsockopt,
 	.getpeername = sys_getpeername,
 	.fcntl_getfl = sys_fcntl_getfl,

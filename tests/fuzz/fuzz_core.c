@@ -3,8 +3,10 @@
  * against a reference model of what each peer must receive.
  *
  * The fake (single-threaded, no globals shared with tests/unit) has eight
- * fds, each naming a fake socket (TCP, TCP6, Unix, UDP, SEQPACKET, SCTP,
- * unconnected TCP, not a socket, or closed). A socket has a "wire": every
+ * fds, each naming a fake socket (TCP, TCP6, Unix, UDP-Lite, SEQPACKET, SCTP,
+ * unconnected TCP, not a socket, or closed). Datagram queues (UDP, Unix
+ * datagrams) are not modelled here: UDP-Lite stands for a datagram socket
+ * core never coalesces; tests/unit and tests/integration cover datagrams. A socket has a "wire": every
  * byte it accepted, in order. Its sendmsg can be scripted (accept at most k
  * bytes, or fail with EAGAIN, EINTR, EPIPE, ECONNRESET, ETIMEDOUT, ENOBUFS;
  * the fatal ones kill the socket), can be full
@@ -70,7 +72,7 @@ static const int fd_num[NFD] = { 3, 4, 5, 6, 7, 63, 64, 1030 };
 
 enum kind { K_BADF, K_TCP, K_TCP6, K_UNIX, K_UDP, K_SEQPACKET, K_SCTP, K_UNCONN, K_NOTSOCK };
 
-static const char *const kind_name[] = { "closed", "tcp", "tcp6", "unix", "udp",
+static const char *const kind_name[] = { "closed", "tcp", "tcp6", "unix", "udplite",
 					 "seqpacket", "sctp", "unconnected", "not-a-socket" };
 
 struct step {
@@ -545,7 +547,7 @@ static int fake_getsockopt(int fd, int level, int name, void *val, socklen_t *le
 		break;
 	case K_UDP:
 		type = SOCK_DGRAM;
-		protocol = IPPROTO_UDP;
+		protocol = IPPROTO_UDPLITE;
 		break;
 	case K_SEQPACKET:
 		type = SOCK_SEQPACKET;
@@ -1127,7 +1129,7 @@ static void do_write(int i, size_t total, int cnt, unsigned seed, int flags, uns
 		 * on a full nonblocking socket give up after the linger time. */
 		op_nonblocking = 0;
 		op_drain = 1;
-		co_write_end(held);
+		co_write_end(held, n);
 		accepted = n > 0 ? (size_t)n : 0;
 		CHECK(!s || s->tent_sent == accepted, "fd %d: libc took %zu bytes, %zu reached the wire",
 		      fd, accepted, s ? s->tent_sent : 0);

@@ -10,10 +10,12 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1084,4 +1086,642 @@ void co_sleep_ms(unsigned ms)
 
 	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
 		;
+}
+
+/* ---- datagrams -------------------------------------------------------------------------- */
+
+static uint64_t co_dgram_key(unsigned writer, unsigned dest, uint32_t seq)
+{
+	return co_mix64(co_seed * 131 + ((uint64_t)writer << 40) + ((uint64_t)dest << 32) + seq + 7);
+}
+
+void co_dgram_fill(void *buf, size_t len, unsigned writer, unsigned dest, uint32_t seq)
+{
+	unsigned char *p = buf;
+	uint64_t key = co_dgram_key(writer, dest, seq);
+	struct co_dgram_hdr h;
+
+	if (len < CO_DGRAM_HDR) {
+		co_stream_fill(key, 0, p, len);
+		return;
+	}
+	co_stream_fill(key, CO_DGRAM_HDR, p + CO_DGRAM_HDR, len - CO_DGRAM_HDR);
+	h.magic = CO_DGRAM_MAGIC;
+	h.writer = (uint8_t)writer;
+	h.dest = (uint8_t)dest;
+	h.seq = seq;
+	h.len = (uint32_t)len;
+	h.sum = co_fnv32(p + CO_DGRAM_HDR, len - CO_DGRAM_HDR);
+	memcpy(p, &h, sizeof(h));
+}
+
+socklen_t co_addr_parse(const char *text, struct sockaddr_storage *ss)
+{
+	struct sockaddr_un *u = (struct sockaddr_un *)ss;
+	size_t n;
+
+	memset(ss, 0, sizeof(*ss));
+	if ((text[0] == '4' || text[0] == '6') && text[1] == ':')
+		return co_loopback(text[0] == '6' ? AF_INET6 : AF_INET, (int)co_arg_u64(text + 2),
+				   ss);
+	n = strlen(text);
+	if (text[0] != 'u' || text[1] != ':' || n < 3 || n - 2 >= sizeof(u->sun_path))
+		co_fail("bad address \"%s\"", text);
+	u->sun_family = AF_UNIX;
+	memcpy(u->sun_path, text + 2, n - 2);
+	if (text[2] != '@')
+		return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n - 1);
+	u->sun_path[0] = '\0';
+	return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n - 2);
+}
+
+void co_addr_format(const struct sockaddr_storage *ss, socklen_t len, char *buf, size_t size)
+{
+	const struct sockaddr_un *u = (const struct sockaddr_un *)ss;
+	size_t n;
+
+	if (len <= sizeof(sa_family_t)) {
+		snprintf(buf, size, "(unnamed)");
+	} else if (ss->ss_family == AF_INET) {
+		snprintf(buf, size, "4:%d", ntohs(((const struct sockaddr_in *)ss)->sin_port));
+	} else if (ss->ss_family == AF_INET6) {
+		snprintf(buf, size, "6:%d", ntohs(((const struct sockaddr_in6 *)ss)->sin6_port));
+	} else if (ss->ss_family == AF_UNIX) {
+		n = len - offsetof(struct sockaddr_un, sun_path);
+		if (u->sun_path[0])
+			snprintf(buf, size, "u:%.*s", (int)strnlen(u->sun_path, n), u->sun_path);
+		else
+			snprintf(buf, size, "u:@%.*s", (int)(n - 1), u->sun_path + 1);
+	} else {
+		snprintf(buf, size, "(family %d)", ss->ss_family);
+	}
+}
+
+int co_addr_equal(const struct sockaddr_storage *a, socklen_t alen,
+		  const struct sockaddr_storage *b, socklen_t blen)
+{
+	const struct sockaddr_in *a4 = (const void *)a, *b4 = (const void *)b;
+	const struct sockaddr_in6 *a6 = (const void *)a, *b6 = (const void *)b;
+
+	if (alen <= sizeof(sa_family_t) || blen <= sizeof(sa_family_t))
+		return alen <= sizeof(sa_family_t) && blen <= sizeof(sa_family_t);
+	if (a->ss_family != b->ss_family)
+		return 0;
+	if (a->ss_family == AF_INET)
+		return a4->sin_port == b4->sin_port && a4->sin_addr.s_addr == b4->sin_addr.s_addr;
+	if (a->ss_family == AF_INET6)
+		return a6->sin6_port == b6->sin6_port &&
+		       !memcmp(&a6->sin6_addr, &b6->sin6_addr, sizeof(a6->sin6_addr));
+	return alen == blen && !memcmp(a, b, alen);
+}
+
+int co_dgram_socket(int family, int path, struct sockaddr_storage *ss, socklen_t *len)
+{
+	static int names;
+	struct sockaddr_storage a;
+	struct sockaddr_un *u = (struct sockaddr_un *)&a;
+	socklen_t l;
+	int fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		co_fail("socket(family %d, SOCK_DGRAM): %s", family, strerror(errno));
+	memset(&a, 0, sizeof(a));
+	if (family != AF_UNIX) {
+		l = co_loopback(family, 0, &a);
+	} else if (path) {
+		char p[PATH_MAX];
+
+		snprintf(p, sizeof(p), "%s/dg-%d", co_make_tmpdir(), names++);
+		if (strlen(p) >= sizeof(u->sun_path))
+			co_fail("socket path too long: %s", p);
+		u->sun_family = AF_UNIX;
+		memcpy(u->sun_path, p, strlen(p) + 1);
+		l = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(p) + 1);
+	} else {
+		u->sun_family = AF_UNIX;
+		snprintf(u->sun_path + 1, sizeof(u->sun_path) - 1, "coalesce-it-%d-%d",
+			 (int)getpid(), names++);
+		l = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(u->sun_path + 1));
+	}
+	if (bind(fd, (struct sockaddr *)&a, l) < 0)
+		co_fail("bind a datagram socket (family %d): %s", family, strerror(errno));
+	if (ss) {
+		*len = sizeof(*ss);
+		if (getsockname(fd, (struct sockaddr *)ss, len) < 0)
+			co_fail("getsockname: %s", strerror(errno));
+	}
+	return fd;
+}
+
+static int co_sockopt_int(int fd, int level, int name)
+{
+	int v = 0;
+	socklen_t l = sizeof(v);
+
+	if (getsockopt(fd, level, name, &v, &l) < 0)
+		co_fail("getsockopt(%d, %d) on fd %d: %s", level, name, fd, strerror(errno));
+	return v;
+}
+
+void co_dgram_rx_setup(int fd)
+{
+	int one = 1, size = 8 << 20, family = co_sockopt_int(fd, SOL_SOCKET, SO_DOMAIN);
+
+	if (setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof(one)) < 0)
+		co_fail("setsockopt(SO_RXQ_OVFL): %s", strerror(errno));
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof(size)) < 0 &&
+	    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size)) < 0)
+		co_fail("setsockopt(SO_RCVBUF): %s", strerror(errno));
+	if (family == AF_INET && setsockopt(fd, IPPROTO_IP, IP_RECVTOS, &one, sizeof(one)) < 0)
+		co_fail("setsockopt(IP_RECVTOS): %s", strerror(errno));
+	if (family == AF_INET6 &&
+	    setsockopt(fd, IPPROTO_IPV6, IPV6_RECVTCLASS, &one, sizeof(one)) < 0)
+		co_fail("setsockopt(IPV6_RECVTCLASS): %s", strerror(errno));
+}
+
+static void co_dgram_cmsgs(struct msghdr *mh, struct co_dgram_msg *m)
+{
+	struct cmsghdr *c;
+	int v;
+
+	m->drops = 0;
+	m->tos = -1;
+	for (c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL) {
+			memcpy(&m->drops, CMSG_DATA(c), sizeof(m->drops));
+		} else if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TOS) {
+			m->tos = *(const unsigned char *)CMSG_DATA(c);
+		} else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_TCLASS) {
+			memcpy(&v, CMSG_DATA(c), sizeof(v));
+			m->tos = v;
+		}
+	}
+}
+
+/* A SOCK_SEQPACKET socket reads 0 bytes at its end, as for an empty record:
+ * the tests send no empty records there, so 0 means the end. */
+int co_dgram_recv(int fd, unsigned char *buf, size_t cap, int flags, struct co_dgram_msg *m)
+{
+	union {
+		char b[256];
+		struct cmsghdr align;
+	} ctl;
+	struct iovec iov = { buf, cap };
+	struct msghdr mh;
+	ssize_t r;
+
+	for (;;) {
+		memset(&mh, 0, sizeof(mh));
+		mh.msg_name = &m->from;
+		mh.msg_namelen = sizeof(m->from);
+		mh.msg_iov = &iov;
+		mh.msg_iovlen = 1;
+		mh.msg_control = ctl.b;
+		mh.msg_controllen = sizeof(ctl.b);
+		r = recvmsg(fd, &mh, flags | MSG_TRUNC);
+		if (r >= 0)
+			break;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return 0;
+		if (errno != EINTR)
+			co_fail("recvmsg on fd %d: %s", fd, strerror(errno));
+	}
+	if (r == 0 && co_sockopt_int(fd, SOL_SOCKET, SO_TYPE) == SOCK_SEQPACKET)
+		return 0;
+	m->len = (size_t)r;
+	m->trunc = (mh.msg_flags & MSG_TRUNC) || (size_t)r > cap;
+	m->fromlen = mh.msg_namelen;
+	co_dgram_cmsgs(&mh, m);
+	return 1;
+}
+
+struct co_dgram_exp {
+	uint32_t seq;
+	uint32_t len;
+	int tos;
+};
+
+struct co_dgram_list {
+	struct co_dgram_exp *v;
+	uint32_t n, next, cap;
+};
+
+struct co_dgram_check {
+	const char *what;
+	int nrx, nw;
+	int rx[CO_DGRAM_DESTS];
+	int rxfamily[CO_DGRAM_DESTS];
+	struct sockaddr_storage rxaddr[CO_DGRAM_DESTS];
+	socklen_t rxlen[CO_DGRAM_DESTS];
+	/* Probe sockets (IPv4, IPv6), opened when first needed. */
+	int probe[2];
+	struct sockaddr_storage probeaddr[2];
+	socklen_t probelen[2];
+	struct sockaddr_storage waddr[CO_DGRAM_WRITERS];
+	socklen_t wlen[CO_DGRAM_WRITERS];
+	struct co_dgram_list exp[CO_DGRAM_WRITERS][CO_DGRAM_DESTS];
+	uint32_t drops[CO_DGRAM_DESTS];   /* the highest SO_RXQ_OVFL count seen */
+	uint32_t skipped[CO_DGRAM_DESTS]; /* expected datagrams passed over as kernel drops */
+	uint64_t expected, received;
+	unsigned char buf[CO_DGRAM_MAX], want[CO_DGRAM_MAX];
+};
+
+/* What co_dgram_writer_of returns for a probe datagram. */
+#define CO_DGRAM_PROBE (-2)
+
+struct co_dgram_check *co_dgram_check_new(const char *what)
+{
+	struct co_dgram_check *k = calloc(1, sizeof(*k));
+
+	if (!k)
+		co_fail("out of memory");
+	k->what = what;
+	k->probe[0] = k->probe[1] = -1;
+	return k;
+}
+
+void co_dgram_check_free(struct co_dgram_check *k)
+{
+	int w, d;
+
+	for (w = 0; w < CO_DGRAM_WRITERS; w++)
+		for (d = 0; d < CO_DGRAM_DESTS; d++)
+			free(k->exp[w][d].v);
+	for (d = 0; d < 2; d++)
+		if (k->probe[d] >= 0)
+			close(k->probe[d]);
+	for (d = 0; d < k->nrx; d++)
+		close(k->rx[d]);
+	free(k);
+}
+
+int co_dgram_add_rx(struct co_dgram_check *k, int fd)
+{
+	int d = k->nrx;
+
+	if (d == CO_DGRAM_DESTS)
+		co_fail("%s: too many receivers", k->what);
+	k->rx[d] = fd;
+	k->rxfamily[d] = co_sockopt_int(fd, SOL_SOCKET, SO_DOMAIN);
+	k->rxlen[d] = sizeof(k->rxaddr[d]);
+	if (getsockname(fd, (struct sockaddr *)&k->rxaddr[d], &k->rxlen[d]) < 0)
+		co_fail("getsockname: %s", strerror(errno));
+	k->nrx++;
+	return d;
+}
+
+int co_dgram_add_writer(struct co_dgram_check *k, const struct sockaddr_storage *ss,
+			socklen_t len)
+{
+	int w = k->nw;
+
+	if (w == CO_DGRAM_WRITERS)
+		co_fail("%s: too many writers", k->what);
+	if (len)
+		memcpy(&k->waddr[w], ss, len);
+	k->wlen[w] = len;
+	k->nw++;
+	return w;
+}
+
+uint64_t co_dgram_expect(struct co_dgram_check *k, unsigned writer, unsigned dest, uint32_t seq,
+			 size_t len, int tos)
+{
+	struct co_dgram_list *l;
+
+	if (writer >= CO_DGRAM_WRITERS || dest >= CO_DGRAM_DESTS || len > CO_DGRAM_MAX)
+		co_fail("%s: bad expectation (writer %u, dest %u, %zu bytes)", k->what, writer, dest,
+			len);
+	l = &k->exp[writer][dest];
+	if (l->n == l->cap) {
+		l->cap = l->cap ? 2 * l->cap : 256;
+		l->v = realloc(l->v, l->cap * sizeof(*l->v));
+		if (!l->v)
+			co_fail("out of memory");
+	}
+	l->v[l->n].seq = seq;
+	l->v[l->n].len = (uint32_t)len;
+	l->v[l->n].tos = tos;
+	l->n++;
+	return ++k->expected;
+}
+
+static int co_dgram_is_probe(const struct co_dgram_check *k, const struct co_dgram_msg *m)
+{
+	int i;
+
+	for (i = 0; i < 2; i++)
+		if (k->probe[i] >= 0 &&
+		    co_addr_equal(&m->from, m->fromlen, &k->probeaddr[i], k->probelen[i]))
+			return 1;
+	return 0;
+}
+
+static int co_dgram_header(const unsigned char *buf, const struct co_dgram_msg *m,
+			   struct co_dgram_hdr *h)
+{
+	if (m->len < CO_DGRAM_HDR || m->trunc)
+		return 0;
+	memcpy(h, buf, sizeof(*h));
+	return h->magic == CO_DGRAM_MAGIC;
+}
+
+/* The writer of a datagram that receiver d got, or CO_DGRAM_PROBE. */
+static int co_dgram_writer_of(const struct co_dgram_check *k, int d, const struct co_dgram_msg *m)
+{
+	struct co_dgram_hdr h;
+	char from[128];
+	int w;
+
+	if (co_dgram_is_probe(k, m))
+		return CO_DGRAM_PROBE;
+	co_addr_format(&m->from, m->fromlen, from, sizeof(from));
+	if (k->nw > 0) {
+		for (w = 0; w < k->nw; w++)
+			if (co_addr_equal(&m->from, m->fromlen, &k->waddr[w], k->wlen[w]))
+				return w;
+		co_fail("%s: receiver %d got a %zu-byte datagram from %s, which is none of the writers",
+			k->what, d, m->len, from);
+	}
+	if (!co_dgram_header(k->buf, m, &h) || h.writer >= CO_DGRAM_WRITERS)
+		co_fail("%s: receiver %d got a %zu-byte datagram from %s without a valid header (first bytes %02x %02x %02x %02x)",
+			k->what, d, m->len, from, k->buf[0], k->buf[1], k->buf[2], k->buf[3]);
+	return h.writer;
+}
+
+static int co_dgram_matches(struct co_dgram_check *k, int w, int d, const struct co_dgram_exp *e,
+			    const struct co_dgram_msg *m)
+{
+	if (m->trunc || m->len != e->len)
+		return 0;
+	co_dgram_fill(k->want, e->len, (unsigned)w, (unsigned)d, e->seq);
+	return !memcmp(k->buf, k->want, e->len);
+}
+
+/* Explains how a datagram that matches none of those allowed differs from
+ * the one expected, then fails. */
+__attribute__((noreturn)) static void co_dgram_mismatch(struct co_dgram_check *k, int w, int d,
+							 const struct co_dgram_msg *m)
+{
+	const struct co_dgram_list *l = &k->exp[w][d];
+	const struct co_dgram_exp *e = l->next < l->n ? &l->v[l->next] : NULL;
+	struct co_dgram_hdr h;
+	char exp[128], why[200];
+	size_t i;
+
+	if (e)
+		snprintf(exp, sizeof(exp), "expected next: seq %u, %u bytes", e->seq, e->len);
+	else
+		snprintf(exp, sizeof(exp), "expected nothing more (all %u arrived)", l->n);
+	if (!co_dgram_header(k->buf, m, &h)) {
+		snprintf(why, sizeof(why), "a %zu-byte datagram without a header%s", m->len,
+			 m->trunc ? " (truncated)" : "");
+	} else if (h.writer != w || h.dest != d) {
+		snprintf(why, sizeof(why), "seq %u that writer %u addressed to receiver %u: misdirected",
+			 h.seq, h.writer, h.dest);
+	} else if (h.len != m->len) {
+		snprintf(why, sizeof(why), "seq %u sent as %u bytes but received as %zu: datagram boundaries changed",
+			 h.seq, h.len, m->len);
+	} else if (e && h.seq == e->seq) {
+		co_dgram_fill(k->want, m->len, (unsigned)w, (unsigned)d, h.seq);
+		for (i = 0; i < m->len && k->buf[i] == k->want[i]; i++)
+			;
+		snprintf(why, sizeof(why), "seq %u with %zu bytes, but byte %zu differs (%02x, expected %02x)",
+			 h.seq, m->len, i, i < m->len ? k->buf[i] : 0, i < m->len ? k->want[i] : 0);
+	} else {
+		snprintf(why, sizeof(why), "seq %u (%zu bytes): %s", h.seq, m->len,
+			 e && h.seq > e->seq ? "datagrams before it are missing (lost or reordered)"
+					     : "a duplicate or out of order");
+	}
+	co_fail("%s: receiver %d got from writer %d %s; %s (kernel drops on this receiver: %u)",
+		k->what, d, w, why, exp, k->drops[d]);
+}
+
+/* Checks one datagram that receiver d got (in k->buf). Returns 1 if it was
+ * a probe. */
+static int co_dgram_take(struct co_dgram_check *k, int d, const struct co_dgram_msg *m)
+{
+	int w = co_dgram_writer_of(k, d, m);
+	struct co_dgram_list *l;
+	const struct co_dgram_exp *e;
+	uint32_t slack, j;
+
+	if (m->drops > k->drops[d])
+		k->drops[d] = m->drops;
+	if (w == CO_DGRAM_PROBE)
+		return 1;
+	l = &k->exp[w][d];
+	slack = k->drops[d] - k->skipped[d];
+	for (j = 0; j <= slack && l->next + j < l->n; j++) {
+		e = &l->v[l->next + j];
+		if (!co_dgram_matches(k, w, d, e, m))
+			continue;
+		if (e->tos >= 0 && m->tos != e->tos)
+			co_fail("%s: receiver %d: datagram seq %u of writer %d carried TOS 0x%02x, expected 0x%02x",
+				k->what, d, e->seq, w, (unsigned)m->tos, (unsigned)e->tos);
+		k->skipped[d] += j;
+		l->next += j + 1;
+		k->received++;
+		return 0;
+	}
+	co_dgram_mismatch(k, w, d, m);
+}
+
+/* Reads what receiver d has now; returns how many datagrams, and sets
+ * *probe if one of them was a probe. */
+static int co_dgram_drain(struct co_dgram_check *k, int d, int *probe)
+{
+	struct co_dgram_msg m;
+	int n = 0;
+
+	while (co_dgram_recv(k->rx[d], k->buf, sizeof(k->buf), MSG_DONTWAIT, &m)) {
+		if (co_dgram_take(k, d, &m))
+			*probe = 1;
+		n++;
+	}
+	return n;
+}
+
+/* Sends a probe to UDP receiver d from a socket of the check's own and
+ * reads until it arrives: everything sent before it has then been read,
+ * and the probe carries the receiver's drop count. */
+static void co_dgram_probe_one(struct co_dgram_check *k, int d)
+{
+	int i = k->rxfamily[d] == AF_INET6, seen = 0;
+	struct pollfd p = { .fd = k->rx[d], .events = POLLIN };
+	uint64_t t0 = co_now_ns();
+
+	if (k->probe[i] < 0)
+		k->probe[i] = co_dgram_socket(k->rxfamily[d], 0, &k->probeaddr[i], &k->probelen[i]);
+	if (sendto(k->probe[i], "p", 1, 0, (struct sockaddr *)&k->rxaddr[d], k->rxlen[d]) != 1)
+		co_fail("%s: probe to receiver %d: %s", k->what, d, strerror(errno));
+	while (!seen) {
+		co_dgram_drain(k, d, &seen);
+		if (seen)
+			break;
+		if (co_now_ns() - t0 > 2000000000ULL)
+			co_fail("%s: the probe datagram sent to receiver %d never arrived", k->what,
+				d);
+		if (poll(&p, 1, 100) < 0 && errno != EINTR)
+			co_fail("poll: %s", strerror(errno));
+	}
+}
+
+static void co_dgram_probe_all(struct co_dgram_check *k)
+{
+	int d;
+
+	for (d = 0; d < k->nrx; d++)
+		if (k->rxfamily[d] == AF_INET || k->rxfamily[d] == AF_INET6)
+			co_dgram_probe_one(k, d);
+}
+
+/* Datagrams that arrived or that the kernel reports dropped. */
+static uint64_t co_dgram_done(const struct co_dgram_check *k)
+{
+	uint64_t n = k->received;
+	int d;
+
+	for (d = 0; d < k->nrx; d++)
+		n += k->drops[d];
+	return n;
+}
+
+__attribute__((noreturn)) static void co_dgram_fail_missing(const struct co_dgram_check *k,
+							     const char *headline)
+{
+	char list[1200];
+	size_t len = 0;
+	uint32_t drops = 0;
+	int w, d;
+
+	list[0] = '\0';
+	for (d = 0; d < k->nrx; d++)
+		drops += k->drops[d];
+	for (w = 0; w < CO_DGRAM_WRITERS; w++) {
+		for (d = 0; d < CO_DGRAM_DESTS; d++) {
+			const struct co_dgram_list *l = &k->exp[w][d];
+
+			if (l->next < l->n && len < sizeof(list) - 160)
+				len += (size_t)snprintf(list + len, sizeof(list) - len,
+							"\n    writer %d -> receiver %d: %u of %u arrived; first missing: seq %u (%u bytes)",
+							w, d, l->next, l->n, l->v[l->next].seq,
+							l->v[l->next].len);
+		}
+	}
+	co_fail("%s: %s: %llu of the %llu datagrams expected in all arrived, the kernel reports %u dropped:%s",
+		k->what, headline, (unsigned long long)k->received, (unsigned long long)k->expected,
+		drops, list);
+}
+
+void co_dgram_recv_until(struct co_dgram_check *k, uint64_t target, unsigned idle_ms)
+{
+	struct pollfd p[CO_DGRAM_DESTS];
+	uint64_t last = co_now_ns(), idle, probe_at = 20;
+	int d, got, probe = 0;
+	char headline[128];
+
+	while (co_dgram_done(k) < target) {
+		for (d = 0; d < k->nrx; d++) {
+			p[d].fd = k->rx[d];
+			p[d].events = POLLIN;
+			p[d].revents = 0;
+		}
+		if (poll(p, (nfds_t)k->nrx, 10) < 0 && errno != EINTR)
+			co_fail("poll: %s", strerror(errno));
+		for (got = 0, d = 0; d < k->nrx; d++)
+			if (p[d].revents)
+				got += co_dgram_drain(k, d, &probe);
+		if (got) {
+			last = co_now_ns();
+			probe_at = 20;
+			continue;
+		}
+		/* Nothing new: the kernel may have dropped what is missing,
+		 * which only a later datagram tells; probes find out. */
+		idle = (co_now_ns() - last) / 1000000;
+		if (idle > idle_ms) {
+			snprintf(headline, sizeof(headline),
+				 "no datagram for %u ms while waiting for the first %llu", idle_ms,
+				 (unsigned long long)target);
+			co_dgram_fail_missing(k, headline);
+		}
+		if (idle >= probe_at) {
+			co_dgram_probe_all(k);
+			probe_at = idle + 100;
+		} else {
+			co_sleep_ms(1); /* a SOCK_SEQPACKET end at EOF polls readable */
+		}
+	}
+}
+
+void co_dgram_finish(struct co_dgram_check *k)
+{
+	uint64_t missing;
+	int w, d, probe = 0;
+
+	co_dgram_probe_all(k);
+	for (d = 0; d < k->nrx; d++)
+		if (k->rxfamily[d] != AF_INET && k->rxfamily[d] != AF_INET6)
+			co_dgram_drain(k, d, &probe);
+	for (d = 0; d < k->nrx; d++) {
+		for (missing = 0, w = 0; w < CO_DGRAM_WRITERS; w++)
+			missing += k->exp[w][d].n - k->exp[w][d].next;
+		if (missing > k->drops[d] - k->skipped[d])
+			co_dgram_fail_missing(k, "datagrams lost that the kernel did not drop");
+		if (k->drops[d])
+			co_note("%s: receiver %d: the kernel dropped %u datagram(s) on a full receive queue (SO_RXQ_OVFL); not counted against the shim",
+				k->what, d, k->drops[d]);
+	}
+}
+
+static int co_dgram_shortfalls;
+static char co_dgram_first_shortfall[512];
+
+__attribute__((format(printf, 1, 2))) static void co_dgram_shortfall(const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	co_note("stats check: %s", msg);
+	if (co_dgram_shortfalls++ == 0)
+		snprintf(co_dgram_first_shortfall, sizeof(co_dgram_first_shortfall), "%s", msg);
+}
+
+void co_dgram_expect_coalesced(const struct co_child *c, int batched, const char *what)
+{
+	long long queued = 0, mmsg = 0, gso = 0;
+	int r;
+
+	if (!co_shim_on())
+		return;
+	r = co_stats_get(c, "dgrams_queued", &queued);
+	if (r == -1)
+		co_fail("%s: stats file %s missing or unreadable (COALESCE_STATS not honoured, or the child did not exit normally)",
+			what, c->stats);
+	co_stats_get(c, "dgram_flush_sendmmsg", &mmsg);
+	co_stats_get(c, "dgram_flush_gso", &gso);
+	co_info("%s: stats dgrams_queued=%lld dgram_flush_sendmmsg=%lld dgram_flush_gso=%lld", what,
+		queued, mmsg, gso);
+	if (r == -2)
+		co_dgram_shortfall("%s: no \"dgrams_queued\" in the stats: the shim does not queue datagrams",
+				   what);
+	else if (queued <= 0)
+		co_dgram_shortfall("%s: stats dgrams_queued=%lld: the shim queued no datagram", what,
+				   queued);
+	else if (batched && mmsg + gso <= 0)
+		co_dgram_shortfall("%s: stats dgram_flush_sendmmsg + dgram_flush_gso = 0: no flush sent several datagrams at once",
+				   what);
+}
+
+void co_dgram_stats_verdict(void)
+{
+	if (co_dgram_shortfalls == 0)
+		return;
+	co_phase("checking the stats of every run (datagram coalescing)");
+	co_fail("%d run(s) did not show datagram coalescing in the stats; the first: %s",
+		co_dgram_shortfalls, co_dgram_first_shortfall);
 }

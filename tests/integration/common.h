@@ -268,4 +268,112 @@ void co_sleep_ms(unsigned ms);
 /* Parses an argument as unsigned 64-bit (decimal or 0x). */
 uint64_t co_arg_u64(const char *s);
 
+/* ---- datagrams (dgram_*.c) -------------------------------------------------------------- */
+
+/* A test datagram of CO_DGRAM_HDR bytes or more starts with struct
+ * co_dgram_hdr; the rest is a stream keyed by (writer, dest, seq). A
+ * shorter one is the first len bytes of that stream, so that even a 1-byte
+ * datagram carries a byte derived from its sequence number and can be
+ * checked against the datagram expected next. */
+#define CO_DGRAM_HDR 16
+#define CO_DGRAM_MAGIC 0xd6a7
+/* Writers and receivers one check can follow (writer ids fit in a byte). */
+#define CO_DGRAM_WRITERS 64
+#define CO_DGRAM_DESTS 8
+/* Largest datagram received (UDP over IPv4 carries at most 65507 bytes,
+ * over IPv6 65527). */
+#define CO_DGRAM_MAX 65536
+
+struct co_dgram_hdr {
+	uint16_t magic;
+	uint8_t writer;
+	uint8_t dest;
+	uint32_t seq;
+	uint32_t len;
+	uint32_t sum; /* co_fnv32 of the bytes after the header */
+};
+
+/* Fills buf with datagram seq of writer to dest, len bytes long. */
+void co_dgram_fill(void *buf, size_t len, unsigned writer, unsigned dest, uint32_t seq);
+
+/* Addresses travel to the child on its command line as text: "4:PORT"
+ * (127.0.0.1), "6:PORT" (::1), "u:PATH" or "u:@NAME" (abstract AF_UNIX).
+ * co_addr_parse fails the test on a bad text; co_addr_format writes the
+ * text of an address got from getsockname or recvmsg. */
+socklen_t co_addr_parse(const char *text, struct sockaddr_storage *ss);
+void co_addr_format(const struct sockaddr_storage *ss, socklen_t len, char *buf, size_t size);
+/* Whether two addresses are the same (unnamed AF_UNIX addresses are equal). */
+int co_addr_equal(const struct sockaddr_storage *a, socklen_t alen,
+		  const struct sockaddr_storage *b, socklen_t blen);
+
+/* A datagram socket (close-on-exec) bound to the loopback address of family
+ * with a port chosen by the kernel (AF_INET, AF_INET6), or for AF_UNIX to a
+ * fresh abstract name, or (path != 0) to a fresh path in the test's
+ * temporary directory. Fills *ss and *len with its address (if ss is not
+ * NULL); fails the test on errors. */
+int co_dgram_socket(int family, int path, struct sockaddr_storage *ss, socklen_t *len);
+/* Sets up a receiving socket: SO_RXQ_OVFL (so that the kernel tells how
+ * many datagrams it dropped on a full receive queue), an 8 MiB receive
+ * buffer (SO_RCVBUFFORCE when allowed), and for UDP IP_RECVTOS or
+ * IPV6_RECVTCLASS. */
+void co_dgram_rx_setup(int fd);
+
+/* One received datagram. */
+struct co_dgram_msg {
+	size_t len;   /* the datagram's length (even when it did not fit) */
+	int trunc;    /* it did not fit in the buffer */
+	uint32_t drops; /* SO_RXQ_OVFL: datagrams the kernel dropped on this socket before it */
+	int tos;      /* IP_TOS or IPV6_TCLASS it carried, -1 if not reported */
+	struct sockaddr_storage from;
+	socklen_t fromlen;
+};
+/* One recvmsg on fd into buf (cap bytes) with flags. Returns 1 with a
+ * datagram in *m, 0 on EAGAIN; retries EINTR and fails the test on
+ * other errors. */
+int co_dgram_recv(int fd, unsigned char *buf, size_t cap, int flags, struct co_dgram_msg *m);
+
+/* The receiving side of a test: what each writer sends to each receiver,
+ * in order, and what has arrived. A datagram's writer is known by its
+ * source address when writers were added with co_dgram_add_writer, else
+ * by its header. Every datagram is checked whole (length, bytes, TOS when
+ * expected) against the next one expected from its writer at that
+ * receiver, so a lost, duplicated, reordered, misdirected, merged or split
+ * datagram fails the test, with a description. Loss is allowed only as far
+ * as the kernel reports drops on that receiver (SO_RXQ_OVFL); such drops
+ * are reported in a note. */
+struct co_dgram_check;
+
+struct co_dgram_check *co_dgram_check_new(const char *what);
+/* Frees the check and closes its receiving sockets. */
+void co_dgram_check_free(struct co_dgram_check *k);
+/* Adds a receiving socket (after co_dgram_rx_setup), which the check then
+ * owns; returns its dest id. */
+int co_dgram_add_rx(struct co_dgram_check *k, int fd);
+/* Adds a writer known by its source address (len 0: unnamed, as a
+ * socketpair's end); returns its writer id. */
+int co_dgram_add_writer(struct co_dgram_check *k, const struct sockaddr_storage *ss,
+			socklen_t len);
+/* The next datagram writer sends to dest: number seq, len bytes, carrying
+ * TOS tos (-1: not checked). Returns the running count of datagrams
+ * expected. */
+uint64_t co_dgram_expect(struct co_dgram_check *k, unsigned writer, unsigned dest, uint32_t seq,
+			 size_t len, int tos);
+/* Receives until target datagrams arrived or are known dropped by the
+ * kernel; fails, naming what is missing, after idle_ms without progress. */
+void co_dgram_recv_until(struct co_dgram_check *k, uint64_t target, unsigned idle_ms);
+/* Once the writers are gone: reads what is left (there must be nothing
+ * unexpected), asks each UDP receiver for its final drop count (a probe
+ * datagram), and fails unless every expected datagram arrived or the
+ * kernel accounts for its loss. */
+void co_dgram_finish(struct co_dgram_check *k);
+
+/* THE datagram-coalescing check. Reads the child's stats and requires
+ * "dgrams_queued" > 0 and, if batched, "dgram_flush_sendmmsg" +
+ * "dgram_flush_gso" > 0. No-op with TEST_NO_SHIM. It does not stop the
+ * test: a shortfall is printed at once and co_dgram_stats_verdict(), called
+ * at the end of main, fails the test then. So a shim that passes datagrams
+ * straight through still runs every correctness check first. */
+void co_dgram_expect_coalesced(const struct co_child *c, int batched, const char *what);
+void co_dgram_stats_verdict(void);
+
 #endif

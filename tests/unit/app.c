@@ -20,7 +20,7 @@ ssize_t write_like_shim(struct co_ctx *ctx, int fd, const struct iovec *iov, int
 		r = co_write(ctx, fd, iov, iovcnt, flags, 0, &held);
 	if (r == CO_PASSTHROUGH)
 		r = fake_sys()->sendmsg(fd, &msg, flags);
-	co_write_end(held);
+	co_write_end(held, r);
 	return r;
 }
 

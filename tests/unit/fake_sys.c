@@ -48,6 +48,7 @@ static int fake_empty_calls;
 static int fake_writev_count;
 static struct fake_send_call fake_last;
 static int fake_polls;
+static int fake_sendmmsg_count;
 static int fake_poll_fd = -1;
 static short fake_poll_events;
 static char fake_log_buf[FAKE_LOG_SIZE];
@@ -192,6 +193,35 @@ static ssize_t fake_sendmsg(int fd, const struct msghdr *msg, int flags)
 		return -ENOTCONN;
 	return fake_send(fd, msg->msg_iov, (int)msg->msg_iovlen, flags,
 			 msg->msg_name != NULL || msg->msg_control != NULL);
+}
+
+/* Each message is one send of its own, recorded like sendmsg's; stops at
+ * the first that fails (its error is the result if none went). */
+static int fake_sendmmsg(int fd, struct mmsghdr *msgs, unsigned int vlen, int flags)
+{
+	unsigned int i;
+	ssize_t r;
+
+	pthread_mutex_lock(&fake_lock);
+	fake_sendmmsg_count++;
+	pthread_mutex_unlock(&fake_lock);
+	for (i = 0; i < vlen; i++) {
+		r = fake_sendmsg(fd, &msgs[i].msg_hdr, flags);
+		if (r < 0)
+			return i ? (int)i : (int)r;
+		msgs[i].msg_len = (unsigned int)r;
+	}
+	return (int)vlen;
+}
+
+int fake_sendmmsg_calls(void)
+{
+	int n;
+
+	pthread_mutex_lock(&fake_lock);
+	n = fake_sendmmsg_count;
+	pthread_mutex_unlock(&fake_lock);
+	return n;
 }
 
 static ssize_t fake_writev(int fd, const struct iovec *iov, int iovcnt)
@@ -464,6 +494,7 @@ static const struct co_sys fake_table = {
 	.getpeername = fake_getpeername,
 	.fcntl_getfl = fake_fcntl_getfl,
 	.socket_id = fake_socket_id,
+	.sendmmsg = fake_sendmmsg,
 	.poll = fake_poll,
 	.close = fake_close,
 	.hand_over = fake_hand_over,
@@ -750,6 +781,7 @@ void fake_config(struct co_config *cfg)
 	cfg->max_bytes = CO_DEFAULT_MAX_BYTES;
 	cfg->large_bytes = CO_DEFAULT_LARGE_BYTES;
 	cfg->linger_ns = (uint64_t)CO_DEFAULT_LINGER_MS * 1000000;
+	cfg->max_msgs = CO_DEFAULT_MAX_MSGS;
 	cfg->log_level = CO_LOG_ERROR;
 }
 
@@ -781,6 +813,7 @@ void fake_ctx_free(struct co_ctx *ctx)
 			continue;
 		for (j = 0; j < CO_FD_CHUNK_SIZE; j++) {
 			free(chunk[j].q.data);
+			free(chunk[j].dg);
 			pthread_mutex_destroy(&chunk[j].lock);
 		}
 		free(chunk);
@@ -796,7 +829,7 @@ ssize_t co_write_now(struct co_ctx *ctx, int fd, const struct iovec *iov, int io
 	struct co_fd *held;
 	ssize_t r = co_write(ctx, fd, iov, iovcnt, flags, how, &held);
 
-	co_write_end(held);
+	co_write_end(held, r);
 	return r;
 }
 

@@ -117,6 +117,8 @@ int fake_empty_sends(void);
 
 /* Number of writev calls (core is expected to use sendmsg only). */
 int fake_writev_calls(void);
+/* sendmmsg calls made (each message is also counted as a send). */
+int fake_sendmmsg_calls(void);
 
 /* Number of getsockopt, getpeername and socket_id calls made on fd. */
 int fake_classify_calls(int fd);

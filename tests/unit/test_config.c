@@ -131,6 +131,11 @@ static void test_valid_numbers(void **state)
 		{ "COALESCE_LINGER_MS", "0", offsetof(struct co_config, linger_ns), 0, 0 },
 		{ "COALESCE_LINGER_MS", "25", offsetof(struct co_config, linger_ns), 0, 25000000ull },
 		{ "COALESCE_LINGER_MS", "600000", offsetof(struct co_config, linger_ns), 0, 600000000000ull },
+		{ "COALESCE_MAX_MSGS", "2", offsetof(struct co_config, max_msgs), 1, 2 },
+		{ "COALESCE_MAX_MSGS", "1024", offsetof(struct co_config, max_msgs), 1, 1024 },
+		{ "COALESCE_STATS_INTERVAL_MS", "0", offsetof(struct co_config, stats_interval_ns), 0, 0 },
+		{ "COALESCE_STATS_INTERVAL_MS", "1000", offsetof(struct co_config, stats_interval_ns), 0,
+		  1000000000ull },
 	};
 	struct co_config cfg;
 	size_t i;
@@ -306,12 +311,16 @@ static const char *const delay_out[] = { "0", "1000001", NULL };
 static const char *const max_out[] = { "0", "511", "16777217", NULL };
 static const char *const large_out[] = { "0", "16777217", NULL };
 static const char *const linger_out[] = { "600001", NULL };
+static const char *const msgs_out[] = { "0", "1", "1025", NULL };
+static const char *const interval_out[] = { "86400001", NULL };
 
 static const struct numeric_var numeric_vars[] = {
 	{ "COALESCE_DELAY_US", "200", delay_out },
 	{ "COALESCE_MAX_BYTES", "65536", max_out },
 	{ "COALESCE_LARGE_BYTES", "32768", large_out },
 	{ "COALESCE_LINGER_MS", "1000", linger_out },
+	{ "COALESCE_MAX_MSGS", "64", msgs_out },
+	{ "COALESCE_STATS_INTERVAL_MS", "0", interval_out },
 };
 
 /* Garbage, negative, empty and huge texts, refused by every numeric variable. */

@@ -20,18 +20,21 @@
 static const char *const expected_keys[] = {
 	"pid",
 	"writes_queued", "bytes_queued", "writes_sent_along", "writes_direct",
-	"writes_from_signal_handlers",
+	"writes_from_signal_handlers", "dgrams_queued",
 	"flush_syscalls", "flush_bytes", "flush_eagain", "flush_nobufs",
 	"flush_size", "flush_large", "flush_deadline", "flush_read", "flush_wait",
 	"flush_close", "flush_order", "flush_exit", "flush_fork", "flush_exec", "flush_signal",
+	"dgram_flush_sendmmsg", "dgram_flush_gso", "dgram_gso_fallbacks",
 	"passthrough_not_socket", "passthrough_not_stream", "passthrough_not_connected",
 	"passthrough_flags", "passthrough_address", "passthrough_control",
 	"passthrough_nomem", "passthrough_stdio", "passthrough_dup",
 	"passthrough_shutdown", "passthrough_fd_range", "passthrough_reentrant",
-	"passthrough_exiting",
-	"deferred_errors", "closes_handed_over", "bytes_dropped",
+	"passthrough_exiting", "passthrough_dgram_size", "passthrough_dgram_dest",
+	"deferred_errors", "closes_handed_over", "bytes_dropped", "dgrams_dropped",
 	"batch_1", "batch_2", "batch_4", "batch_8", "batch_16", "batch_32",
 	"batch_64", "batch_128", "batch_256", "batch_512", "batch_1024", "batch_2048",
+	"delay_us_1", "delay_us_2", "delay_us_4", "delay_us_8", "delay_us_16", "delay_us_32", "delay_us_64", "delay_us_128", "delay_us_256", "delay_us_512", "delay_us_1024", "delay_us_2048", "delay_us_4096", "delay_us_8192", "delay_us_16384", "delay_us_32768", "delay_us_65536", "delay_us_131072", "delay_us_262144", "delay_us_524288", "delay_us_1048576", "delay_us_2097152", "delay_us_4194304", "delay_us_8388608",
+	"delay_us_max",
 };
 #define NKEYS (sizeof(expected_keys) / sizeof(expected_keys[0]))
 
@@ -151,6 +154,26 @@ static void test_format_prints_every_value(void **state)
 		assert_string_equal(pairs[1 + CO_ST_COUNT + i].key, expected_keys[1 + CO_ST_COUNT + i]);
 		assert_int_equal(pairs[1 + CO_ST_COUNT + i].value, 7u * (uint64_t)i + 1);
 	}
+}
+
+/* A flush whose oldest byte waited 1.5 us counts its writes in [1, 2) us,
+ * reported as delay_us_2; the maximum is kept. */
+static void test_delay_buckets_and_max(void **state)
+{
+	struct co_stats st;
+
+	(void)state;
+	memset(&st, 0, sizeof(st));
+	co_stats_delay(&st, 1500, 3);
+	co_stats_delay(&st, 999, 1);
+	co_stats_delay(&st, 250000, 2);
+	assert_int_equal(st.delay[0], 1);
+	assert_int_equal(st.delay[1], 3);
+	/* 250 us: [128, 256), bucket 8, reported as delay_us_256. */
+	assert_int_equal(st.delay[8], 2);
+	assert_int_equal(st.delay_max_ns, 250000);
+	co_stats_delay(&st, UINT64_MAX, 1);
+	assert_int_equal(st.delay[CO_DELAY_BUCKETS - 1], 1);
 }
 
 static void test_format_truncates_within_the_buffer(void **state)
@@ -309,6 +332,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_format_is_flat_json_with_the_expected_keys),
 		cmocka_unit_test(test_format_prints_every_value),
+		cmocka_unit_test(test_delay_buckets_and_max),
 		cmocka_unit_test(test_format_truncates_within_the_buffer),
 		cmocka_unit_test(test_batch_buckets),
 		cmocka_unit_test(test_batch_counts_accumulate),

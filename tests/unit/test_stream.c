@@ -342,9 +342,83 @@ static void check_passes_for_good(struct fixture *fx, enum fake_sock kind, enum 
 	assert_int_equal(stat_of(ctx, CO_ST_writes_direct), 0);
 }
 
-static void test_udp_passes_through(void **state)
+/* A connected UDP socket: each write stays one datagram; after the lone
+ * first one (sent at once), the next are queued and go out with one
+ * sendmmsg, in order and with their own sizes. */
+static void test_udp_datagrams_go_out_with_sendmmsg(void **state)
 {
-	check_passes_for_good(*state, FAKE_UDP, CO_ST_passthrough_not_stream);
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = fx->ctx;
+	static const size_t sizes[] = { 1, 64, 100, 7, 64 };
+	char buf[128], expect[512];
+	size_t i, off = 10, len;
+
+	fake_socket(30, FAKE_UDP);
+	fill_pattern(expect, sizeof(expect), 9);
+	assert_int_equal(test_write(ctx, 30, expect, 10, 0), CO_PASSTHROUGH);
+	fake_sys()->sendmsg(30, &(struct msghdr){ .msg_iov = &(struct iovec){ expect, 10 },
+						  .msg_iovlen = 1 }, 0);
+	for (i = 0; i < 5; i++) {
+		memcpy(buf, expect + off, sizes[i]);
+		assert_int_equal(test_write(ctx, 30, buf, sizes[i], 0), (ssize_t)sizes[i]);
+		off += sizes[i];
+	}
+	assert_false(co_fd_passes(ctx, 30));
+	assert_int_equal(stat_of(ctx, CO_ST_dgrams_queued), 5);
+	assert_int_equal(app_queued(ctx, 30) > 0, 1);
+	co_flush_all_nowait(ctx, CO_ST_flush_read);
+	assert_int_equal(fake_sendmmsg_calls(), 1);
+	assert_int_equal(fake_send_calls(30), 1 + 5);
+	assert_int_equal(fake_last_call().offered, 64);
+	assert_memory_equal(fake_wire(30, &len), expect, off);
+	assert_int_equal(len, off);
+	assert_int_equal(stat_of(ctx, CO_ST_dgram_flush_sendmmsg), 1);
+}
+
+/* The kernel refuses one queued datagram (ICMP port unreachable on a
+ * connected socket): that one is lost, the rest go, and the application's
+ * next send gets the error, as it would have; the socket goes on. */
+static void test_udp_refused_datagram_is_reported_on_the_next_send(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = fx->ctx;
+	char buf[32] = "abcdefghijklmnopqrstuvwxyz";
+	size_t len;
+
+	fake_socket(30, FAKE_UDP);
+	assert_int_equal(test_write(ctx, 30, buf, 4, 0), CO_PASSTHROUGH);
+	assert_int_equal(test_write(ctx, 30, buf, 4, 0), 4);
+	assert_int_equal(test_write(ctx, 30, buf + 4, 4, 0), 4);
+	assert_int_equal(test_write(ctx, 30, buf + 8, 4, 0), 4);
+	fake_send_error(30, ECONNREFUSED, 1);
+	co_flush_all_nowait(ctx, CO_ST_flush_read);
+	assert_int_equal(app_queued(ctx, 30), 0);
+	assert_memory_equal(fake_wire(30, &len), buf + 4, 8);
+	assert_int_equal(len, 8);
+	assert_int_equal(stat_of(ctx, CO_ST_dgrams_dropped), 1);
+	assert_int_equal(test_write(ctx, 30, buf, 4, 0), -ECONNREFUSED);
+	assert_false(co_fd_passes(ctx, 30));
+	assert_int_equal(test_write(ctx, 30, buf, 4, 0), 4);
+}
+
+/* A datagram larger than the queue takes, or with flags the queue does not
+ * keep, goes to libc after the queue. */
+static void test_udp_large_or_flagged_datagram_passes_after_the_queue(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = fx->ctx;
+	static char big[40000];
+	char buf[8] = "12345678";
+
+	fake_socket(30, FAKE_UDP);
+	assert_int_equal(test_write(ctx, 30, buf, 8, 0), CO_PASSTHROUGH);
+	assert_int_equal(test_write(ctx, 30, buf, 8, 0), 8);
+	assert_int_equal(test_write(ctx, 30, big, sizeof(big), 0), CO_PASSTHROUGH);
+	assert_int_equal(app_queued(ctx, 30), 0);
+	assert_int_equal(stat_of(ctx, CO_ST_passthrough_dgram_size), 1);
+	assert_int_equal(test_write(ctx, 30, buf, 8, 0), 8);
+	assert_int_equal(test_write(ctx, 30, buf, 8, MSG_CONFIRM), CO_PASSTHROUGH);
+	assert_int_equal(app_queued(ctx, 30), 0);
 }
 
 static void test_seqpacket_passes_through(void **state)
@@ -1250,7 +1324,9 @@ int main(void)
 		T(test_small_writev_is_queued_whole),
 		T(test_every_byte_on_the_wire_in_order),
 		T(test_non_socket_passes_through_and_is_cached),
-		T(test_udp_passes_through),
+		T(test_udp_datagrams_go_out_with_sendmmsg),
+		T(test_udp_refused_datagram_is_reported_on_the_next_send),
+		T(test_udp_large_or_flagged_datagram_passes_after_the_queue),
 		T(test_seqpacket_passes_through),
 		T(test_stream_socket_other_than_tcp_passes_through),
 		T(test_unconnected_passes_through_without_being_cached),

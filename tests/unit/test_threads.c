@@ -412,7 +412,7 @@ static void *slow_writer_main(void *arg)
 	sem_wait(&w->may_send);
 	w->sent = w->decided == CO_PASSTHROUGH ? fake_sys()->sendmsg(w->fd, &msg, w->flags)
 					       : w->decided;
-	co_write_end(held);
+	co_write_end(held, w->sent);
 	return NULL;
 }
 

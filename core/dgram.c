@@ -1,0 +1,422 @@
+/* Datagram queues: records in the fd's byte queue, flushed with UDP GSO
+ * and sendmmsg. */
+#include "dgram.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
+#include <string.h>
+
+#include "send.h"
+#include "stream.h"
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+
+/* One queued datagram: this header, the destination (name_len bytes, 0 for
+ * the connected peer) and the payload, each padded to CO_REC_ALIGN. */
+struct co_rec {
+	uint32_t len;
+	uint32_t name_len;
+};
+
+#define CO_REC_ALIGN 8
+#define CO_ALIGN(n) (((n) + CO_REC_ALIGN - 1) & ~(size_t)(CO_REC_ALIGN - 1))
+/* Datagrams sent by one system call at most (the stack holds their headers). */
+#define CO_DGRAM_BATCH 64
+/* The kernel's limits on one GSO send (UDP_MAX_SEGMENTS on older kernels). */
+#define CO_GSO_SEGMENTS 64
+#define CO_GSO_BYTES 65507
+
+static size_t rec_size(const struct co_rec *r)
+{
+	return sizeof(*r) + CO_ALIGN(r->name_len) + CO_ALIGN(r->len);
+}
+
+static struct co_rec *rec_at(struct co_fd *f, size_t off)
+{
+	return (struct co_rec *)(f->q.data + f->q.head + off);
+}
+
+static void *rec_name(struct co_rec *r)
+{
+	return r->name_len ? (char *)(r + 1) : NULL;
+}
+
+static void *rec_data(struct co_rec *r)
+{
+	return (char *)(r + 1) + CO_ALIGN(r->name_len);
+}
+
+static int sockopt_int(struct co_ctx *ctx, int fd, int level, int name, int *val)
+{
+	socklen_t len = sizeof(*val);
+
+	return ctx->sys.getsockopt(fd, level, name, val, &len);
+}
+
+int co__dgram_setup(struct co_ctx *ctx, int fd, struct co_fd *f, int family, int connected)
+{
+	struct co_dgram *d = ctx->sys.alloc(sizeof(*d));
+	int v;
+
+	if (!d)
+		return -ENOMEM;
+	memset(d, 0, sizeof(*d));
+	d->family = family;
+	d->connected = (unsigned char)connected;
+	d->max_len = ctx->cfg.large_bytes;
+	if (family == AF_UNIX) {
+		/* The kernel refuses a datagram over the send buffer. */
+		if (sockopt_int(ctx, fd, SOL_SOCKET, SO_SNDBUF, &v) == 0 && v > 64 &&
+		    (size_t)v - 64 < d->max_len)
+			d->max_len = (size_t)v - 64;
+	} else {
+		size_t hdr = family == AF_INET ? 28 : 48, mtu = 1280;
+
+		/* Without "don't fragment" a UDP datagram may be as large as
+		 * an IP packet; with it, as the path MTU. */
+		if (sockopt_int(ctx, fd, family == AF_INET ? IPPROTO_IP : IPPROTO_IPV6,
+				family == AF_INET ? IP_MTU : IPV6_MTU, &v) == 0 && v > (int)hdr)
+			mtu = (size_t)v;
+		if (sockopt_int(ctx, fd, family == AF_INET ? IPPROTO_IP : IPPROTO_IPV6,
+				family == AF_INET ? IP_MTU_DISCOVER : IPV6_MTU_DISCOVER, &v) == 0 &&
+		    (v == IP_PMTUDISC_DO || v == IP_PMTUDISC_PROBE) && mtu - hdr < d->max_len)
+			d->max_len = mtu - hdr;
+		if (d->max_len > 65507)
+			d->max_len = 65507;
+		/* One segment must fit the path MTU (the minimum when the
+		 * destination is not known yet). */
+		d->seg_max = mtu - hdr;
+		/* GSO sends would join a datagram UDP_CORK holds open. */
+		d->gso = sockopt_int(ctx, fd, SOL_UDP, UDP_SEGMENT, &v) == 0 &&
+			 !(sockopt_int(ctx, fd, SOL_UDP, UDP_CORK, &v) == 0 && v);
+	}
+	f->dg = d;
+	return 0;
+}
+
+void co__dgram_release(struct co_ctx *ctx, struct co_fd *f)
+{
+	ctx->sys.free(f->dg);
+	f->dg = NULL;
+}
+
+/* Returns 1 if the kernel accepted a send to this destination before. */
+static int dest_known(const struct co_dgram *d, const struct sockaddr *addr, socklen_t len)
+{
+	unsigned i;
+
+	for (i = 0; i < d->ndest; i++)
+		if (d->dest_len[i] == len && memcmp(&d->dest[i], addr, len) == 0)
+			return 1;
+	return 0;
+}
+
+void co__dgram_learn(struct co_fd *f, ssize_t r)
+{
+	struct co_dgram *d = f->dg;
+	unsigned i;
+
+	if (!d || !d->probe_len)
+		return;
+	if (r >= 0 && !dest_known(d, (struct sockaddr *)&d->probe, d->probe_len)) {
+		i = d->ndest < CO_DGRAM_DESTS ? d->ndest++ : d->next_dest++ % CO_DGRAM_DESTS;
+		d->dest_len[i] = d->probe_len;
+		memcpy(&d->dest[i], &d->probe, d->probe_len);
+	}
+	d->probe_len = 0;
+}
+
+/* Returns the counter for why a send on a datagram socket cannot be queued,
+ * or CO_ST_COUNT if it can. Sends the kernel could refuse at once (too
+ * large, no destination, one never seen) go to libc, so that the
+ * application sees the refusal where it would have. */
+static enum co_counter dgram_unsupported(struct co_dgram *d, int flags, unsigned how,
+					 int iovcnt, size_t total, const struct sockaddr *addr,
+					 socklen_t addrlen)
+{
+	if (how & CO_WRITE_CONTROL)
+		return CO_ST_passthrough_control;
+	if ((flags & ~(MSG_DONTWAIT | MSG_NOSIGNAL)) || iovcnt < 0 || iovcnt > IOV_MAX)
+		return CO_ST_passthrough_flags;
+	if (total > d->max_len)
+		return CO_ST_passthrough_dgram_size;
+	if (!addr) {
+		if (how & CO_WRITE_ADDR)
+			return CO_ST_passthrough_address;
+		return d->connected ? CO_ST_COUNT : CO_ST_passthrough_dgram_dest;
+	}
+	if (addrlen == 0 || addrlen > sizeof(struct sockaddr_storage))
+		return CO_ST_passthrough_address;
+	if (!dest_known(d, addr, addrlen)) {
+		d->probe_len = addrlen;
+		memcpy(&d->probe, addr, addrlen);
+		return CO_ST_passthrough_dgram_dest;
+	}
+	return CO_ST_COUNT;
+}
+
+/* Appends one datagram record. Returns 0 or -ENOMEM. */
+static int dgram_append(struct co_ctx *ctx, struct co_fd *f, const struct iovec *iov,
+			int iovcnt, size_t total, const struct sockaddr *addr, socklen_t addrlen)
+{
+	static const char pad[CO_REC_ALIGN];
+	struct co_rec r = { .len = (uint32_t)total, .name_len = addr ? addrlen : 0 };
+	struct iovec head[3] = {
+		{ .iov_base = &r, .iov_len = sizeof(r) },
+		{ .iov_base = (void *)addr, .iov_len = r.name_len },
+		{ .iov_base = (void *)pad, .iov_len = CO_ALIGN(r.name_len) - r.name_len },
+	};
+	struct iovec tail = { .iov_base = (void *)pad, .iov_len = CO_ALIGN(total) - total };
+
+	if (pending_reserve(&f->q, &ctx->sys, rec_size(&r)) < 0)
+		return -ENOMEM;
+	pending_append(&f->q, &ctx->sys, head, 3, sizeof(r) + CO_ALIGN(r.name_len));
+	pending_append(&f->q, &ctx->sys, iov, iovcnt, total);
+	pending_append(&f->q, &ctx->sys, &tail, 1, tail.iov_len);
+	f->dg->msgs++;
+	f->writes++;
+	f->wbytes += total;
+	return 0;
+}
+
+ssize_t co__dgram_write(struct co_ctx *ctx, int fd, struct co_fd *f, const struct iovec *iov,
+			int iovcnt, int flags, unsigned how, const struct sockaddr *addr,
+			socklen_t addrlen)
+{
+	struct co_dgram *d = f->dg;
+	enum co_counter reason;
+	size_t total = 0;
+	int i, err;
+
+	/* An error a flush met (ICMP port unreachable...) is this call's, as
+	 * the kernel would have given it; the socket goes on. */
+	err = co__take_error(ctx, f);
+	if (err)
+		return -err;
+	for (i = 0; i < iovcnt && total <= d->max_len; i++)
+		total += iov[i].iov_len;
+	reason = dgram_unsupported(d, flags, how, iovcnt, total, addr, addrlen);
+	if (reason == CO_ST_COUNT && atomic_load_explicit(&ctx->exiting, memory_order_relaxed))
+		reason = CO_ST_passthrough_exiting;
+	if (reason == CO_ST_COUNT && ctx->cfg.direct && co__send_at_once(f))
+		reason = CO_ST_writes_direct;
+	if (reason != CO_ST_COUNT) {
+		co_stat_add(&ctx->stats, reason, 1);
+		err = co__flush_locked(ctx, fd, f, CO_ST_flush_order, flags & MSG_DONTWAIT);
+		if (!err)
+			err = -co__take_error(ctx, f);
+		if (err) {
+			d->probe_len = 0;
+			return err;
+		}
+		if (flags & MSG_MORE)
+			d->corked = 1;
+		return CO_PASSTHROUGH;
+	}
+	/* A queue the socket could not take before: try again, and refuse
+	 * this one as the kernel would if it still cannot. */
+	if (d->msgs >= ctx->cfg.max_msgs || pending_len(&f->q) + total > ctx->cfg.max_bytes) {
+		err = co__flush_locked(ctx, fd, f, CO_ST_flush_size, flags & MSG_DONTWAIT);
+		if (err && (d->msgs >= ctx->cfg.max_msgs ||
+			    pending_len(&f->q) + total > ctx->cfg.max_bytes))
+			return err;
+	}
+	if (dgram_append(ctx, f, iov, iovcnt, total, addr, addrlen) < 0) {
+		err = co__flush_locked(ctx, fd, f, CO_ST_flush_order, flags & MSG_DONTWAIT);
+		if (err)
+			return err;
+		co_stat_add(&ctx->stats, CO_ST_passthrough_nomem, 1);
+		return CO_PASSTHROUGH;
+	}
+	co_stat_add(&ctx->stats, CO_ST_dgrams_queued, 1);
+	co__sync_mark(ctx, fd, f);
+	if (d->msgs >= ctx->cfg.max_msgs || pending_len(&f->q) >= ctx->cfg.max_bytes)
+		co__flush_deferred(ctx, fd, f, CO_ST_flush_size, flags & MSG_DONTWAIT);
+	return (ssize_t)total;
+}
+
+/* Removes the first n datagrams from the queue. */
+static void consume(struct co_fd *f, unsigned n)
+{
+	size_t off = 0;
+
+	while (n--) {
+		off += rec_size(rec_at(f, off));
+		f->dg->msgs--;
+	}
+	pending_consume(&f->q, off);
+}
+
+/* Counts the datagrams at the head that can go in one GSO send with the
+ * first: same destination, same size (the last may be shorter). */
+static unsigned gso_run(struct co_fd *f)
+{
+	struct co_rec *first = rec_at(f, 0), *r;
+	size_t off = rec_size(first), bytes = first->len;
+	unsigned n = 1;
+
+	if (!f->dg->gso || first->len == 0 || first->len > f->dg->seg_max)
+		return 1;
+	while (n < f->dg->msgs && n < CO_GSO_SEGMENTS) {
+		r = rec_at(f, off);
+		if (r->len > first->len || r->len == 0 || r->name_len != first->name_len ||
+		    (r->name_len && memcmp(rec_name(r), rec_name(first), r->name_len) != 0) ||
+		    bytes + r->len > CO_GSO_BYTES)
+			break;
+		bytes += r->len;
+		off += rec_size(r);
+		n++;
+		if (r->len < first->len)
+			break;
+	}
+	return n;
+}
+
+/* Sends the first n datagrams (n >= 2) as one GSO send. Returns n, 0 if GSO
+ * turned out not to work on this socket (no longer used), or -errno. */
+static ssize_t send_gso(struct co_ctx *ctx, int fd, struct co_fd *f, unsigned n, int flags)
+{
+	struct iovec iov[CO_GSO_SEGMENTS];
+	union {
+		char buf[CMSG_SPACE(sizeof(uint16_t))];
+		struct cmsghdr align;
+	} ctrl;
+	struct co_rec *first = rec_at(f, 0), *r;
+	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = n };
+	struct cmsghdr *cm;
+	size_t off = 0;
+	uint16_t seg = (uint16_t)first->len;
+	unsigned i;
+	ssize_t s;
+
+	for (i = 0; i < n; i++) {
+		r = rec_at(f, off);
+		iov[i].iov_base = rec_data(r);
+		iov[i].iov_len = r->len;
+		off += rec_size(r);
+	}
+	msg.msg_name = rec_name(first);
+	msg.msg_namelen = first->name_len;
+	memset(&ctrl, 0, sizeof(ctrl));
+	msg.msg_control = ctrl.buf;
+	msg.msg_controllen = sizeof(ctrl.buf);
+	cm = CMSG_FIRSTHDR(&msg);
+	cm->cmsg_level = SOL_UDP;
+	cm->cmsg_type = UDP_SEGMENT;
+	cm->cmsg_len = CMSG_LEN(sizeof(seg));
+	memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
+	s = ctx->sys.sendmsg(fd, &msg, flags | MSG_NOSIGNAL);
+	co_stat_add(&ctx->stats, CO_ST_flush_syscalls, 1);
+	if (s >= 0) {
+		co_stat_add(&ctx->stats, CO_ST_dgram_flush_gso, 1);
+		co_stat_add(&ctx->stats, CO_ST_flush_bytes, (uint64_t)s);
+		return n;
+	}
+	if (s == -EIO || s == -EINVAL || s == -ENOPROTOOPT || s == -EOPNOTSUPP) {
+		/* No checksum offload on the way out, or the kernel will not:
+		 * these datagrams go again one by one, and GSO no more. */
+		f->dg->gso = 0;
+		co_stat_add(&ctx->stats, CO_ST_dgram_gso_fallbacks, 1);
+		co_log(ctx, CO_LOG_INFO, "fd %d: UDP GSO refused (error %d): not used on it",
+		       fd, (int)-s);
+		return 0;
+	}
+	return s;
+}
+
+/* Sends up to CO_DGRAM_BATCH datagrams from the head with one sendmmsg,
+ * stopping before a run GSO can send. Returns how many went, or -errno. */
+static ssize_t send_batch(struct co_ctx *ctx, int fd, struct co_fd *f, int flags)
+{
+	struct mmsghdr msgs[CO_DGRAM_BATCH];
+	struct iovec iov[CO_DGRAM_BATCH];
+	struct co_rec *r;
+	size_t off = 0;
+	unsigned n = 0, i;
+	ssize_t s;
+
+	memset(msgs, 0, sizeof(msgs));
+	while (n < f->dg->msgs && n < CO_DGRAM_BATCH) {
+		r = rec_at(f, off);
+		iov[n].iov_base = rec_data(r);
+		iov[n].iov_len = r->len;
+		msgs[n].msg_hdr.msg_iov = &iov[n];
+		msgs[n].msg_hdr.msg_iovlen = 1;
+		msgs[n].msg_hdr.msg_name = rec_name(r);
+		msgs[n].msg_hdr.msg_namelen = r->name_len;
+		off += rec_size(r);
+		n++;
+	}
+	s = ctx->sys.sendmmsg(fd, msgs, n, flags | MSG_NOSIGNAL);
+	co_stat_add(&ctx->stats, CO_ST_flush_syscalls, 1);
+	if (s <= 0)
+		return s < 0 ? s : -EAGAIN;
+	co_stat_add(&ctx->stats, CO_ST_dgram_flush_sendmmsg, 1);
+	for (i = 0; i < (unsigned)s; i++)
+		co_stat_add(&ctx->stats, CO_ST_flush_bytes, msgs[i].msg_len);
+	return s;
+}
+
+int co__dgram_send_queue(struct co_ctx *ctx, int fd, struct co_fd *f, int flags)
+{
+	unsigned run;
+	ssize_t s;
+
+	if (f->writes) {
+		co_stats_batch(&ctx->stats, f->writes);
+		co_stats_delay(&ctx->stats, co__waited(ctx, f), f->writes);
+		co_stat_add(&ctx->stats, CO_ST_writes_queued, f->writes);
+		co_stat_add(&ctx->stats, CO_ST_bytes_queued, f->wbytes);
+		f->writes = 0;
+		f->wbytes = 0;
+	}
+	while (f->dg->msgs) {
+		run = f->dg->corked ? 1 : gso_run(f);
+		s = run >= 2 ? send_gso(ctx, fd, f, run, flags) : send_batch(ctx, fd, f, flags);
+		if (s > 0) {
+			consume(f, (unsigned)s);
+			f->dg->corked = 0;
+			continue;
+		}
+		if (s == 0)
+			continue;
+		if (s == -EINTR && (flags & MSG_DONTWAIT))
+			continue;
+		if (co__keeps_queue(s)) {
+			if (s == -EAGAIN)
+				co_stat_add(&ctx->stats, CO_ST_flush_eagain, 1);
+			else if (s != -EINTR)
+				co_stat_add(&ctx->stats, CO_ST_flush_nobufs, 1);
+			return (int)s;
+		}
+		/* The first datagram was refused: it alone is lost, as it
+		 * would have been; its error is the application's. */
+		co_stat_add(&ctx->stats, CO_ST_dgrams_dropped, 1);
+		co_stat_add(&ctx->stats, CO_ST_bytes_dropped, rec_at(f, 0)->len);
+		co_stat_add(&ctx->stats, CO_ST_deferred_errors, 1);
+		co__keep_error(ctx, f, (int)-s);
+		co_log(ctx, CO_LOG_INFO, "fd %d: a queued datagram was refused: error %d", fd,
+		       (int)-s);
+		consume(f, 1);
+	}
+	return 0;
+}
+
+size_t co__dgram_discard(struct co_ctx *ctx, struct co_fd *f)
+{
+	size_t bytes = 0, off = 0;
+	unsigned n = f->dg->msgs;
+
+	while (f->dg->msgs) {
+		bytes += rec_at(f, off)->len;
+		off += rec_size(rec_at(f, off));
+		f->dg->msgs--;
+	}
+	pending_discard(&f->q);
+	co_stat_add(&ctx->stats, CO_ST_dgrams_dropped, n);
+	return bytes;
+}
