@@ -3,7 +3,7 @@
 #   make            build build/libcoalesce.so
 #   make test       install missing test dependencies, build, run every test
 #   make demo       the main job: a real workload plain and under the shim, compared
-#   make bench      the benchmark suite
+#   make bench      the benchmark suite (docs/benchmarks.md; BENCH_QUICK=1, BENCH_ONLY=...)
 #   make install    PREFIX=/usr/local DESTDIR=
 #   V=1             show full command lines
 
@@ -82,18 +82,26 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory tests
 	$(Q)scripts/run-tests.sh $(BUILD)
 
-demo: deps $(LIB)
+demo: $(LIB)
 	$(Q)scripts/demo.sh
 
+# The real programs of the benchmark's "apps" scenario are installed when missing; one that
+# cannot be installed makes its part of the run print "skipped: <reason>".
 bench: $(LIB)
+	$(Q)scripts/setup-deps.sh --bench || echo "bench: some programs could not be installed; their scenarios will be skipped"
 	$(Q)COALESCE_LIB=$(abspath $(LIB)) bench/run.sh
 
+# The launcher gets the installed paths of the library and of coalesce-ab.
 install: $(LIB)
-	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/bin \
+		$(DESTDIR)$(PREFIX)/libexec/coalesce $(DESTDIR)$(PREFIX)/share/man/man1
 	install -m 0644 $(LIB) $(DESTDIR)$(PREFIX)/lib/libcoalesce.so
-	sed 's|^COALESCE_DEFAULT_LIB=.*|COALESCE_DEFAULT_LIB=$(PREFIX)/lib/libcoalesce.so|' \
+	sed -e 's|^COALESCE_DEFAULT_LIB=.*|COALESCE_DEFAULT_LIB=$(PREFIX)/lib/libcoalesce.so|' \
+		-e 's|^COALESCE_DEFAULT_AB=.*|COALESCE_DEFAULT_AB=$(PREFIX)/libexec/coalesce/coalesce-ab|' \
 		scripts/coalesce > $(DESTDIR)$(PREFIX)/bin/coalesce
 	chmod 0755 $(DESTDIR)$(PREFIX)/bin/coalesce
+	install -m 0755 scripts/coalesce-ab $(DESTDIR)$(PREFIX)/libexec/coalesce/coalesce-ab
+	install -m 0644 docs/coalesce.1 $(DESTDIR)$(PREFIX)/share/man/man1/coalesce.1
 
 clean:
 	rm -rf $(BUILD)

@@ -34,6 +34,7 @@ struct co_fd {
 	unsigned burst;     /* Writes in the current burst (see co_note_wait). */
 	unsigned burst_epoch; /* The writer's wait epoch when the burst began. */
 	unsigned char direct; /* The last burst was one write: send the next one at once. */
+	unsigned char tcp;    /* A TCP socket: the kernel ignores a send's address. */
 	_Atomic uint64_t sock_id; /* The socket's identity once claimed in ctx->socks, or 0. */
 	struct co_dgram *dg;  /* CO_FD_DGRAM: the datagram state (dgram.h). */
 	/* Set by a close that could not wait for the holder of the lock (see

@@ -143,6 +143,7 @@ static void reset_locked(struct co_ctx *ctx, int fd, struct co_fd *f)
 	f->burst = 0;
 	f->burst_epoch = 0;
 	f->direct = 0;
+	f->tcp = 0;
 	atomic_store(&f->kind, CO_FD_UNKNOWN);
 }
 

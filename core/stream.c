@@ -96,6 +96,7 @@ int co__classify(struct co_ctx *ctx, int fd, struct co_fd *f)
 	if (recorded)
 		atomic_store_explicit(&f->sock_id, id, memory_order_relaxed);
 	if (other == CO_SOCK_MINE && type == SOCK_STREAM) {
+		f->tcp = domain != AF_UNIX;
 		atomic_store(&f->kind, CO_FD_STREAM);
 		return -1;
 	}
@@ -110,12 +111,14 @@ int co__classify(struct co_ctx *ctx, int fd, struct co_fd *f)
 }
 
 /* Returns the counter for why a write on a stream socket cannot be queued,
- * or CO_ST_COUNT if it can. */
-static enum co_counter unsupported(int flags, unsigned how, int iovcnt, size_t total)
+ * or CO_ST_COUNT if it can. An address on a connected TCP socket is ignored
+ * by the kernel (sockperf sends that way); on a Unix one it is an error. */
+static enum co_counter unsupported(const struct co_fd *f, int flags, unsigned how, int iovcnt,
+				   size_t total)
 {
 	if (how & CO_WRITE_CONTROL)
 		return CO_ST_passthrough_control;
-	if (how & CO_WRITE_ADDR)
+	if ((how & CO_WRITE_ADDR) && !f->tcp)
 		return CO_ST_passthrough_address;
 	if ((flags & ~CO_QUEUE_FLAGS) || iovcnt < 0 || iovcnt > IOV_MAX || total > SSIZE_MAX)
 		return CO_ST_passthrough_flags;
@@ -213,7 +216,7 @@ static ssize_t stream_write(struct co_ctx *ctx, int fd, struct co_fd *f,
 		}
 		total += iov[i].iov_len;
 	}
-	reason = unsupported(flags, how, iovcnt, total);
+	reason = unsupported(f, flags, how, iovcnt, total);
 	if (reason == CO_ST_COUNT && atomic_load_explicit(&ctx->exiting, memory_order_relaxed))
 		reason = CO_ST_passthrough_exiting;
 	if (reason != CO_ST_COUNT) {

@@ -1,9 +1,10 @@
 #!/bin/sh
 # Runs every test: the unit tests of core (plain, ASan+UBSan, TSan), the
-# integration tests under the shim (plain build, and ASan+UBSan build), and
-# the real-application tests. A test exits 0 (passed), 77 (skipped, with its
-# reason on stdout) or anything else (failed). Prints one line per test and
-# a closing "N passed, N failed, N skipped".
+# integration tests under the shim (plain build, and ASan+UBSan build), the
+# real-application tests, and the tests of the launcher and its tools. A test
+# exits 0 (passed), 77 (skipped, with its reason on stdout) or anything else
+# (failed). Prints one line per test and a closing line,
+# "N passed, N failed, N skipped".
 #
 # Usage: scripts/run-tests.sh [BUILD_DIR]   (default: build)
 #        TESTS=pattern limits the run to tests whose name matches.
@@ -80,6 +81,14 @@ if [ -f "$build/asan/libcoalesce.so" ]; then
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1 \
 		STRESS_LOG_DIR="$log_dir/stress-asan" sh tests/stress/run.sh quick
 fi
+# A few seeds with the writer under valgrind's memcheck (any error fails).
+if command -v valgrind >/dev/null 2>&1; then
+	run "stress-valgrind/quick" 300 env COALESCE_LIB="$lib" STRESS_RUNS=3 STRESS_SCALE=20 \
+		STRESS_WRAP="valgrind --trace-children=yes -q --error-exitcode=42" \
+		STRESS_LOG_DIR="$log_dir/stress-valgrind" sh tests/stress/run.sh quick
+else
+	run "stress-valgrind/quick" 10 sh -c 'echo "skipped: valgrind is not installed"; exit 77'
+fi
 
 # The core fuzzer: every seed and known input replayed (any compiler), then
 # a short libFuzzer run where clang is there (tests/fuzz/README.md).
@@ -96,6 +105,12 @@ for t in tests/apps/*.sh; do
 	app=$(basename "$t" .sh)
 	run "apps/$app" 300 env COALESCE_LIB="$lib" sh "$t"
 	run "apps/$app-queue-all" 300 env COALESCE_LIB="$lib" COALESCE_DIRECT=0 sh "$t"
+done
+
+# The launcher, `coalesce ab`, make install and the man page (tests/scripts).
+for t in tests/scripts/*.sh; do
+	[ -f "$t" ] || continue
+	run "scripts/$(basename "$t" .sh)" 120 env COALESCE_LIB="$lib" sh "$t"
 done
 
 echo

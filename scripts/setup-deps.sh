@@ -26,6 +26,15 @@ need_cmd memcaslap libmemcached-tools
 # clang with its libFuzzer runtime, for tests/fuzz.
 need_cmd clang "clang libclang-rt-14-dev"
 need_cmd timeout coreutils
+need_cmd valgrind valgrind
+
+# ---- benchmark only: `scripts/setup-deps.sh --bench` (make bench) ------------------------
+# The programs that bench/run.sh's "apps" scenario runs under the shim, besides those above.
+# Without --bench this section adds nothing.
+if [ "${1:-}" = --bench ]; then
+	need_cmd sockperf sockperf
+	need_cmd taskset util-linux
+fi
 
 [ -z "$missing" ] && exit 0
 # One package may be named more than once.

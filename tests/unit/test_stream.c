@@ -842,9 +842,26 @@ static void test_flags_flush_queue_then_pass_through(void **state)
 	assert_int_equal(app_queued(fx->ctx, 5), 20);
 }
 
+/* On a Unix stream socket an address is the kernel's to refuse; on a
+ * connected TCP socket the kernel ignores it, and the write is queued. */
 static void test_address_flushes_queue_then_passes_through(void **state)
 {
-	check_queue_sent_then_passthrough(*state, 0, CO_WRITE_ADDR, CO_ST_passthrough_address);
+	struct fixture *fx = *state;
+	struct co_ctx *ctx;
+	struct iovec iov;
+
+	app_close(&fx->a);
+	app_open(&fx->a, 5, FAKE_UNIX, 1);
+	start_connections(fx, NULL);
+	ctx = fx->ctx;
+	iov.iov_base = fx->a.src;
+	iov.iov_len = 10;
+	check_queue_sent_then_passthrough(fx, 0, CO_WRITE_ADDR, CO_ST_passthrough_address);
+
+	fake_socket(40, FAKE_TCP);
+	assert_int_equal(co_write_now(ctx, 40, &iov, 1, 0, 0), CO_PASSTHROUGH);
+	assert_int_equal(co_write_now(ctx, 40, &iov, 1, 0, CO_WRITE_ADDR), 10);
+	assert_int_equal(app_queued(ctx, 40), 10);
 }
 
 static void test_control_flushes_queue_then_passes_through(void **state)
