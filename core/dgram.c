@@ -100,6 +100,7 @@ int co__dgram_setup(struct co_ctx *ctx, int fd, struct co_fd *f, int family, int
 
 void co__dgram_release(struct co_ctx *ctx, struct co_fd *f)
 {
+	ctx->sys.free(f->dg->gso_buf);
 	ctx->sys.free(f->dg);
 	f->dg = NULL;
 }
@@ -276,6 +277,32 @@ static unsigned gso_run(struct co_fd *f)
 	return n;
 }
 
+/* Copies the payloads msg's iovecs point to into d's GSO buffer, end to
+ * end, and makes msg point there: one iovec instead of one per segment.
+ * Leaves msg as it is if the buffer cannot grow. */
+static void gather(struct co_ctx *ctx, struct co_dgram *d, struct msghdr *msg)
+{
+	size_t total = 0, off = 0, i;
+	char *buf;
+
+	for (i = 0; i < msg->msg_iovlen; i++)
+		total += msg->msg_iov[i].iov_len;
+	if (total > d->gso_cap) {
+		buf = ctx->sys.realloc(d->gso_buf, total);
+		if (!buf)
+			return;
+		d->gso_buf = buf;
+		d->gso_cap = total;
+	}
+	for (i = 0; i < msg->msg_iovlen; i++) {
+		memcpy(d->gso_buf + off, msg->msg_iov[i].iov_base, msg->msg_iov[i].iov_len);
+		off += msg->msg_iov[i].iov_len;
+	}
+	msg->msg_iov[0].iov_base = d->gso_buf;
+	msg->msg_iov[0].iov_len = total;
+	msg->msg_iovlen = 1;
+}
+
 /* Sends the first n datagrams (n >= 2) as one GSO send. Returns n, 0 if GSO
  * turned out not to work on this socket (no longer used), or -errno. */
 static ssize_t send_gso(struct co_ctx *ctx, int fd, struct co_fd *f, unsigned n, int flags)
@@ -299,6 +326,7 @@ static ssize_t send_gso(struct co_ctx *ctx, int fd, struct co_fd *f, unsigned n,
 		iov[i].iov_len = r->len;
 		off += rec_size(r);
 	}
+	gather(ctx, f->dg, &msg);
 	msg.msg_name = rec_name(first);
 	msg.msg_namelen = first->name_len;
 	memset(&ctrl, 0, sizeof(ctrl));

@@ -26,6 +26,10 @@ struct co_dgram {
 	unsigned ndest, next_dest;
 	socklen_t dest_len[CO_DGRAM_DESTS];
 	struct sockaddr_storage dest[CO_DGRAM_DESTS];
+	/* Where a GSO run's payloads are copied to lie end to end: the
+	 * kernel takes one buffer much faster than one iovec per segment. */
+	char *gso_buf;
+	size_t gso_cap;
 	/* The destination of a send handed to libc, learnt if it succeeds. */
 	socklen_t probe_len;
 	struct sockaddr_storage probe;
