@@ -75,22 +75,50 @@ static int load_flag(co_getenv_fn get, co_report_fn report, const char *name, in
 	return 1;
 }
 
+/* Finds text in names; returns its index, or -1. */
+static int find_name(const char *const *names, int count, const char *text)
+{
+	int i;
+
+	for (i = 0; i < count; i++)
+		if (strcmp(text, names[i]) == 0)
+			return i;
+	return -1;
+}
+
 static int load_log_level(co_getenv_fn get, co_report_fn report, enum co_log_level *out)
 {
 	static const char *const names[] = { "off", "error", "info", "debug" };
 	const char *text = get("COALESCE_LOG");
-	size_t i;
+	int i;
 
 	*out = CO_LOG_ERROR;
 	if (!text)
 		return 0;
-	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		if (strcmp(text, names[i]) == 0) {
-			*out = (enum co_log_level)i;
-			return 0;
-		}
+	i = find_name(names, (int)(sizeof(names) / sizeof(names[0])), text);
+	if (i >= 0) {
+		*out = (enum co_log_level)i;
+		return 0;
 	}
 	report_bad(report, "COALESCE_LOG", text, "one of off, error, info, debug", "error");
+	return 1;
+}
+
+static int load_backend(co_getenv_fn get, co_report_fn report, enum co_backend *out)
+{
+	static const char *const names[] = { "auto", "writev", "uring" };
+	const char *text = get("COALESCE_BACKEND");
+	int i;
+
+	*out = CO_BACKEND_AUTO;
+	if (!text)
+		return 0;
+	i = find_name(names, (int)(sizeof(names) / sizeof(names[0])), text);
+	if (i >= 0) {
+		*out = (enum co_backend)i;
+		return 0;
+	}
+	report_bad(report, "COALESCE_BACKEND", text, "one of auto, writev, uring", "auto");
 	return 1;
 }
 
@@ -123,6 +151,7 @@ int co_config_load(struct co_config *cfg, co_getenv_fn get, co_report_fn report)
 	bad += load_number(get, report, "COALESCE_STATS_INTERVAL_MS", 0, 86400000, 0,
 			   &interval_ms);
 	bad += load_log_level(get, report, &cfg->log_level);
+	bad += load_backend(get, report, &cfg->backend);
 	cfg->delay_ns = delay_us * 1000;
 	cfg->max_bytes = max_bytes;
 	/* A write that cannot fit in the queue is never copied. */
