@@ -14,7 +14,9 @@
  * request and the end marker); medians of the runs.
  *
  * Usage: bench_uring LIB [REPS [N...]]   (default: 5 runs, N = 16 256 1024)
- * Prints one table per N and a "RESULT" line per N and arm. */
+ * Prints one table per N and a "RESULT" line per N and arm. With
+ * BENCH_URING_STATS=PREFIX the servers write their counters to
+ * PREFIX.BACKEND.N.PID.json. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -118,7 +120,7 @@ static int server_main(int n)
  * its stdout is *out. */
 static pid_t start_server(const char *self, const char *lib, int arm, int n, int lfd, int *out)
 {
-	char nbuf[16], preload[4200], backend[64];
+	char nbuf[16], preload[4200], backend[64], stats[4200];
 	char *argv[] = { (char *)self, "--server", nbuf, NULL };
 	char *envp[8];
 	int p[2], ne = 0;
@@ -131,8 +133,11 @@ static pid_t start_server(const char *self, const char *lib, int arm, int n, int
 		envp[ne++] = preload;
 		envp[ne++] = backend;
 		envp[ne++] = "COALESCE_DIRECT=0";
-		if (getenv("BENCH_URING_STATS"))
-			envp[ne++] = "COALESCE_STATS=/dev/stderr";
+		if (getenv("BENCH_URING_STATS")) {
+			snprintf(stats, sizeof(stats), "COALESCE_STATS=%s.%s.%d.%%p.json",
+				 getenv("BENCH_URING_STATS"), arm_backend[arm], n);
+			envp[ne++] = stats;
+		}
 	}
 	envp[ne] = NULL;
 	if (pipe(p) < 0)

@@ -22,7 +22,7 @@
 /* With COALESCE_BACKEND=auto, the fewest queues a flush sends through the
  * ring; smaller flushes go fd by fd (measured: docs/design.md, "io_uring
  * backend"). */
-#define CO_URING_AUTO_MIN 16
+#define CO_URING_AUTO_MIN 4
 
 /* Called for each fd of a batch once its flush is done (its lock still
  * held), with the result of co__flush_deferred or co__take_batch_result. */
