@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark of the coalesce shim: plain vs shim, side by side, in one run.
-# See bench/README.md for what each scenario measures.
+# See bench/README.md for what each scenario measures; (d), the io_uring
+# backend, is described in docs/design.md.
 #
 # Env (all optional):
 #   COALESCE_LIB          library to test (default ./build/libcoalesce.so)
@@ -34,7 +35,7 @@ LIB=$(cd "$(dirname "$LIB")" && pwd)/$(basename "$LIB")
 
 mkdir -p "$OUT" || exit 2
 OUT=$(cd "$OUT" && pwd)
-for p in bench_stream bench_rr bench_devnull; do
+for p in bench_stream bench_rr bench_devnull bench_uring; do
     if ! $CC -O2 -Wall -o "$OUT/$p" "$HERE/$p.c"; then
         echo "bench: failed to compile $HERE/$p.c" >&2
         exit 2
@@ -191,6 +192,15 @@ printf '  %-32s %10s %10s   %s\n' "shim" "$cs_" "$(sub "$cs_" "$cp_")" "$(vals c
 printf '  %-32s %10s %10s   %s\n' "shim, COALESCE_DISABLE=1" "$co_" "$(sub "$co_" "$cp_")" "$(vals c_off ns_per_call)"
 d=$(sub "$cs_" "$cp_")
 echo "  target: at most 10 ns added: ${d} ns -> $(verdict "$d" le 10)"
+echo
+
+# ---- (d) fan-out: the io_uring flush backend (arms alternated inside) ---------------------
+echo "(d) fan-out: 64-byte replies to N clients, plain / shim writev / uring / auto (docs/design.md)"
+if ! fan=$("$OUT/bench_uring" "$LIB" "$REPS" 2>&1); then
+    echo "  RUN FAILED: bench_uring"
+    FAILED=1
+fi
+printf '%s\n' "$fan" | grep -v '^RESULT '
 echo
 
 if [ $FAILED != 0 ]; then
