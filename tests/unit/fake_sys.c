@@ -495,6 +495,8 @@ static int fake_ring_count;
 static int fake_ring_req_count;
 static int fake_ring_err;      /* The error of the next failing call, or 0. */
 static int fake_ring_run_first; /* Requests that call still runs. */
+static void (*fake_ring_hook)(void *arg);
+static void *fake_ring_hook_arg;
 
 static int fake_ring_send_batch(struct co_ring_req *reqs, int n)
 {
@@ -507,6 +509,8 @@ static int fake_ring_send_batch(struct co_ring_req *reqs, int n)
 	run = err ? fake_ring_run_first : n;
 	fake_ring_err = 0;
 	pthread_mutex_unlock(&fake_lock);
+	if (fake_ring_hook)
+		fake_ring_hook(fake_ring_hook_arg);
 	for (i = 0; i < n && i < run; i++)
 		reqs[i].result = fake_send(reqs[i].fd, reqs[i].msg.msg_iov,
 					   (int)reqs[i].msg.msg_iovlen,
@@ -520,6 +524,12 @@ void fake_ring_fail(int err, int run_first)
 	fake_ring_err = err;
 	fake_ring_run_first = run_first;
 	pthread_mutex_unlock(&fake_lock);
+}
+
+void fake_ring_during(void (*fn)(void *arg), void *arg)
+{
+	fake_ring_hook = fn;
+	fake_ring_hook_arg = arg;
 }
 
 int fake_ring_calls(void)
@@ -580,6 +590,7 @@ void fake_reset(void)
 	fake_ring_count = 0;
 	fake_ring_req_count = 0;
 	fake_ring_err = 0;
+	fake_ring_hook = NULL;
 	pthread_mutex_unlock(&fake_lock);
 	atomic_store(&fake_now, FAKE_CLOCK_START);
 	atomic_store(&fake_alloc_failures, 0);

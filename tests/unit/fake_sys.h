@@ -125,6 +125,9 @@ int fake_sendmmsg_calls(void);
  * calls). fake_ring_fail makes its next call run only the first run_first
  * requests, then return -err (EAGAIN: not now; any other: never again). */
 void fake_ring_fail(int err, int run_first);
+/* fn(arg) runs inside each ring call, before the requests (as a signal
+ * handler would that interrupts the batch); NULL: nothing. */
+void fake_ring_during(void (*fn)(void *arg), void *arg);
 /* Ring calls so far, and the requests they were given. */
 int fake_ring_calls(void);
 int fake_ring_requests(void);

@@ -292,6 +292,46 @@ static void test_deadline_batch(void **state)
 	fake_ctx_free(ctx);
 }
 
+/* What "a signal handler" writes during the batch: on fd 0 of the batch,
+ * whose lock the batch holds, and on an fd outside it. */
+static void write_during_batch(void *arg)
+{
+	struct co_ctx *ctx = arg;
+
+	fill_pattern(sent_bytes[0] + sent_len[0], 30, 1234);
+	assert_int_equal(test_write(ctx, FIRST_FD, sent_bytes[0] + sent_len[0], 30, 0), 30);
+	sent_len[0] += 30;
+	fill_pattern(sent_bytes[9], 20, 4321);
+	assert_int_equal(test_write(ctx, FIRST_FD + 9, sent_bytes[9], 20, 0), 20);
+	sent_len[9] = 20;
+}
+
+/* A write on an fd the batch holds must not wait for the batch's own
+ * thread: it is kept and queued after the batch, behind what was queued. */
+static void test_write_on_a_held_fd_during_the_batch(void **state)
+{
+	struct co_ctx *ctx = ctx_with(CO_BACKEND_URING);
+	int i;
+
+	(void)state;
+	queue_on(ctx, 5);
+	fake_socket(FIRST_FD + 9, FAKE_TCP);
+	fake_ring_during(write_during_batch, ctx);
+	co_flush_all_nowait(ctx, CO_ST_flush_wait);
+	fake_ring_during(NULL, NULL);
+	assert_int_equal(stat(ctx, CO_ST_writes_from_signal_handlers), 1);
+	assert_int_equal(fake_wire_len(FIRST_FD), MSG);
+	/* The kept write and the other fd's write wait in their queues. */
+	assert_int_equal(atomic_load(&ctx->fds.pending_count), 2);
+	co_flush_all_nowait(ctx, CO_ST_flush_wait);
+	assert_wire_complete(0);
+	assert_wire_complete(9);
+	for (i = 1; i < 5; i++)
+		assert_wire_complete(i);
+	assert_int_equal(co__held_fd, -1);
+	fake_ctx_free(ctx);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -308,6 +348,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_ring_busy_falls_back_this_time_only, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_deadline_batch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_write_on_a_held_fd_during_the_batch, setup,
+						teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
