@@ -75,51 +75,56 @@ static int load_flag(co_getenv_fn get, co_report_fn report, const char *name, in
 	return 1;
 }
 
-/* Finds text in names; returns its index, or -1. */
-static int find_name(const char *const *names, int count, const char *text)
+/* One setting that names one of a few choices. */
+struct co_choice {
+	const char *name;            /* The variable. */
+	const char *const *choices;  /* Its values, in the order of the enum. */
+	int count;
+	int def;                     /* The index used when it is unset or bad. */
+	const char *expected;        /* How a bad value is described. */
+};
+
+/* Reads a choice setting into *out (an index into choices). Returns 1 if a
+ * value was set but is not one of them, else 0. */
+static int load_choice(co_getenv_fn get, co_report_fn report, const struct co_choice *c,
+		       int *out)
 {
+	const char *text = get(c->name);
 	int i;
 
-	for (i = 0; i < count; i++)
-		if (strcmp(text, names[i]) == 0)
-			return i;
-	return -1;
+	*out = c->def;
+	if (!text)
+		return 0;
+	for (i = 0; i < c->count; i++) {
+		if (strcmp(text, c->choices[i]) == 0) {
+			*out = i;
+			return 0;
+		}
+	}
+	report_bad(report, c->name, text, c->expected, c->choices[c->def]);
+	return 1;
 }
 
 static int load_log_level(co_getenv_fn get, co_report_fn report, enum co_log_level *out)
 {
 	static const char *const names[] = { "off", "error", "info", "debug" };
-	const char *text = get("COALESCE_LOG");
-	int i;
+	static const struct co_choice choice = { "COALESCE_LOG", names, 4, CO_LOG_ERROR,
+						 "one of off, error, info, debug" };
+	int i, bad = load_choice(get, report, &choice, &i);
 
-	*out = CO_LOG_ERROR;
-	if (!text)
-		return 0;
-	i = find_name(names, (int)(sizeof(names) / sizeof(names[0])), text);
-	if (i >= 0) {
-		*out = (enum co_log_level)i;
-		return 0;
-	}
-	report_bad(report, "COALESCE_LOG", text, "one of off, error, info, debug", "error");
-	return 1;
+	*out = (enum co_log_level)i;
+	return bad;
 }
 
 static int load_backend(co_getenv_fn get, co_report_fn report, enum co_backend *out)
 {
 	static const char *const names[] = { "auto", "writev", "uring" };
-	const char *text = get("COALESCE_BACKEND");
-	int i;
+	static const struct co_choice choice = { "COALESCE_BACKEND", names, 3, CO_BACKEND_AUTO,
+						 "one of auto, writev, uring" };
+	int i, bad = load_choice(get, report, &choice, &i);
 
-	*out = CO_BACKEND_AUTO;
-	if (!text)
-		return 0;
-	i = find_name(names, (int)(sizeof(names) / sizeof(names[0])), text);
-	if (i >= 0) {
-		*out = (enum co_backend)i;
-		return 0;
-	}
-	report_bad(report, "COALESCE_BACKEND", text, "one of auto, writev, uring", "auto");
-	return 1;
+	*out = (enum co_backend)i;
+	return bad;
 }
 
 static const char *load_path(co_getenv_fn get, const char *name)
