@@ -10,6 +10,8 @@
 #   nonsock  write() to /dev/null, a pipe and a tmpfs file: what the shim adds
 #   apps     real programs: sockperf, redis, memcached, mosquitto, socat (bench/apps.bash)
 #   dgram    64-byte UDP datagrams: send, sendmmsg, GSO, shim, random sizes, 4 destinations
+#   uring    64-byte replies from an epoll server to N clients: plain, shim with the writev
+#            and io_uring flush backends (docs/design.md, "io_uring backend")
 #
 # Env (all optional):
 #   BENCH_ONLY            scenarios to run, separated by commas or spaces (as the arguments)
@@ -53,7 +55,7 @@ DG_COUNT=${BENCH_DGRAM_COUNT:-$(q 100000 30000)}
 APPS=${BENCH_APPS:-sockperf redis memcached mosquitto socat}
 OUT=${BENCH_OUT:-./build/bench}
 CC=${CC:-cc}
-ALL_SCENARIOS="stream matrix rr nonsock apps dgram"
+ALL_SCENARIOS="stream matrix rr nonsock apps dgram uring"
 
 if [ $# -gt 0 ]; then
     SCENARIOS="$*"
@@ -75,7 +77,7 @@ if [ ! -f "$LIB_SRC" ]; then
 fi
 mkdir -p "$OUT" || exit 2
 OUT=$(cd "$OUT" && pwd)
-for p in bench_stream bench_matrix bench_rr bench_nonsock bench_dgram; do
+for p in bench_stream bench_matrix bench_rr bench_nonsock bench_dgram bench_uring; do
     if ! $CC -O2 -Wall -Wextra -o "$OUT/$p" "$HERE/$p.c"; then
         echo "bench: failed to compile $HERE/$p.c" >&2
         exit 2
@@ -424,6 +426,18 @@ scenario_dgram() {
     queued=$(counter d_shim writes_queued)
     echo "  target: shim >= 5x plain send(), 64 B to one destination: ${ratio}x -> $(verdict "$ratio" ge 5)" \
          "$([ "$queued" = 0 ] && echo "(the shim queued no datagram: it does not coalesce datagrams yet)")"
+}
+
+# ---- uring: the io_uring flush backend (bench_uring alternates its arms itself) ---------------
+scenario_uring() {
+    local fan
+    echo "uring: 64-byte replies from an epoll server to N clients, COALESCE_DIRECT=0," \
+        "plain / shim writev / shim uring / auto"
+    if ! fan=$("$OUT/bench_uring" "$LIB" "$REPS" 2>&1); then
+        echo "  RUN FAILED: bench_uring"
+        FAILED=1
+    fi
+    printf '%s\n' "$fan" | grep -v '^RESULT ' | sed 's/^/  /'
 }
 
 # ---- the run ----------------------------------------------------------------------------------

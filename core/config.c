@@ -75,23 +75,56 @@ static int load_flag(co_getenv_fn get, co_report_fn report, const char *name, in
 	return 1;
 }
 
-static int load_log_level(co_getenv_fn get, co_report_fn report, enum co_log_level *out)
-{
-	static const char *const names[] = { "off", "error", "info", "debug" };
-	const char *text = get("COALESCE_LOG");
-	size_t i;
+/* One setting that names one of a few choices. */
+struct co_choice {
+	const char *name;            /* The variable. */
+	const char *const *choices;  /* Its values, in the order of the enum. */
+	int count;
+	int def;                     /* The index used when it is unset or bad. */
+	const char *expected;        /* How a bad value is described. */
+};
 
-	*out = CO_LOG_ERROR;
+/* Reads a choice setting into *out (an index into choices). Returns 1 if a
+ * value was set but is not one of them, else 0. */
+static int load_choice(co_getenv_fn get, co_report_fn report, const struct co_choice *c,
+		       int *out)
+{
+	const char *text = get(c->name);
+	int i;
+
+	*out = c->def;
 	if (!text)
 		return 0;
-	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		if (strcmp(text, names[i]) == 0) {
-			*out = (enum co_log_level)i;
+	for (i = 0; i < c->count; i++) {
+		if (strcmp(text, c->choices[i]) == 0) {
+			*out = i;
 			return 0;
 		}
 	}
-	report_bad(report, "COALESCE_LOG", text, "one of off, error, info, debug", "error");
+	report_bad(report, c->name, text, c->expected, c->choices[c->def]);
 	return 1;
+}
+
+static int load_log_level(co_getenv_fn get, co_report_fn report, enum co_log_level *out)
+{
+	static const char *const names[] = { "off", "error", "info", "debug" };
+	static const struct co_choice choice = { "COALESCE_LOG", names, 4, CO_LOG_ERROR,
+						 "one of off, error, info, debug" };
+	int i, bad = load_choice(get, report, &choice, &i);
+
+	*out = (enum co_log_level)i;
+	return bad;
+}
+
+static int load_backend(co_getenv_fn get, co_report_fn report, enum co_backend *out)
+{
+	static const char *const names[] = { "auto", "writev", "uring" };
+	static const struct co_choice choice = { "COALESCE_BACKEND", names, 3, CO_BACKEND_AUTO,
+						 "one of auto, writev, uring" };
+	int i, bad = load_choice(get, report, &choice, &i);
+
+	*out = (enum co_backend)i;
+	return bad;
 }
 
 static const char *load_path(co_getenv_fn get, const char *name)
@@ -123,6 +156,7 @@ int co_config_load(struct co_config *cfg, co_getenv_fn get, co_report_fn report)
 	bad += load_number(get, report, "COALESCE_STATS_INTERVAL_MS", 0, 86400000, 0,
 			   &interval_ms);
 	bad += load_log_level(get, report, &cfg->log_level);
+	bad += load_backend(get, report, &cfg->backend);
 	cfg->delay_ns = delay_us * 1000;
 	cfg->max_bytes = max_bytes;
 	/* A write that cannot fit in the queue is never copied. */

@@ -7,6 +7,11 @@
 
 enum co_log_level { CO_LOG_OFF, CO_LOG_ERROR, CO_LOG_INFO, CO_LOG_DEBUG };
 
+/* How a flush of many fds at once sends their queues (COALESCE_BACKEND):
+ * auto uses io_uring for large flushes when the kernel allows it, writev
+ * always sends fd by fd, uring uses io_uring for every such flush. */
+enum co_backend { CO_BACKEND_AUTO, CO_BACKEND_WRITEV, CO_BACKEND_URING };
+
 struct co_config {
 	int disabled;           /* COALESCE_DISABLE: pure passthrough. */
 	int direct;             /* COALESCE_DIRECT: send a lone write at once. */
@@ -17,6 +22,7 @@ struct co_config {
 	size_t max_msgs;        /* COALESCE_MAX_MSGS: datagrams queued that trigger a flush. */
 	uint64_t stats_interval_ns; /* COALESCE_STATS_INTERVAL_MS: rewrite the stats file this often (0: at exit only). */
 	enum co_log_level log_level; /* COALESCE_LOG */
+	enum co_backend backend; /* COALESCE_BACKEND */
 	/* These two point into the environment: copy them if it may change. */
 	const char *log_file;   /* COALESCE_LOG_FILE, or NULL for stderr. */
 	const char *stats_path; /* COALESCE_STATS, or NULL. */

@@ -12,6 +12,7 @@ void co_ctx_init(struct co_ctx *ctx, const struct co_sys *sys, const struct co_c
 	ctx->cfg = *cfg;
 	ctx->on_pending = NULL;
 	atomic_store(&ctx->exiting, 0);
+	atomic_store(&ctx->ring_off, cfg->backend == CO_BACKEND_WRITEV || !sys->ring_send_batch);
 	memset(&ctx->socks, 0, sizeof(ctx->socks));
 	pthread_mutex_init(&ctx->socks.lock, NULL);
 	co_fdtable_init(&ctx->fds);

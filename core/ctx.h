@@ -20,6 +20,9 @@ struct co_ctx {
 	/* Set by the final flush (exit, exec): from then on a write sends its
 	 * queue and itself at once, since no flush will come after it. */
 	_Atomic int exiting;
+	/* Set when flushes of many fds must not use sys.ring_send_batch: the
+	 * backend is writev, there is no ring, or it failed for good. */
+	_Atomic int ring_off;
 	struct co_sockmap socks;
 	struct co_fdtable fds;
 };

@@ -61,6 +61,11 @@ static inline void co_note_wait(void)
 	co__wait_epoch++;
 }
 
+/* co__held_fd while this thread holds the locks of a batch of fds (batch.h);
+ * co__batch_holds tells whether fd is one of them. */
+#define CO_HELD_BATCH (-2)
+int co__batch_holds(int fd);
+
 /* The marker co__held_fd covers the whole time the lock may be held: it is
  * set before the lock is taken and cleared only after it is released, so a
  * signal handler that comes in between never waits for its own thread.
@@ -70,7 +75,7 @@ static inline void co_note_wait(void)
 static inline int co__mark_held(int fd, int *prev)
 {
 	*prev = co__held_fd;
-	if (*prev == fd)
+	if (*prev == fd || (*prev == CO_HELD_BATCH && co__batch_holds(fd)))
 		return -EDEADLK;
 	co__held_fd = fd;
 	atomic_signal_fence(memory_order_seq_cst);

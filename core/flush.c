@@ -3,6 +3,7 @@
  * and fork. */
 #include <errno.h>
 
+#include "batch.h"
 #include "dgram.h"
 #include "send.h"
 #include "stream.h"
@@ -64,10 +65,29 @@ int co_fd_error(struct co_ctx *ctx, int fd, int take)
 	return err;
 }
 
+static void add_one_nowait(int fd, void *argp)
+{
+	struct co_batch *b = argp;
+	struct co_fd *f = co_fd_find(&b->ctx->fds, fd);
+
+	if (f)
+		co__batch_trylock(b, fd, f);
+}
+
 void co_flush_all_nowait(struct co_ctx *ctx, enum co_counter trigger)
 {
 	struct flush_arg arg = { .ctx = ctx, .trigger = trigger };
+	struct co_batch b;
 
+	/* A signal handler's flush stays fd by fd: it may have interrupted
+	 * a batch of its own thread. */
+	if (trigger != CO_ST_flush_signal &&
+	    co__batch_wanted(ctx, atomic_load(&ctx->fds.pending_count))) {
+		co__batch_begin(&b, ctx, trigger, NULL, NULL);
+		co_fd_each_pending(&ctx->fds, add_one_nowait, &b);
+		co__batch_end(&b);
+		return;
+	}
 	co_fd_each_pending(&ctx->fds, flush_one_nowait, &arg);
 }
 
@@ -251,44 +271,75 @@ void co_fd_stop(struct co_ctx *ctx, int fd, enum co_counter reason)
 		co_fd_stop(ctx, other, reason);
 }
 
+/* The flusher is to look again at due (monotonic ns) at the latest. */
+static void due_by(struct flush_arg *arg, uint64_t due)
+{
+	if (!arg->next || due < arg->next)
+		arg->next = due;
+}
+
+/* After the deadline flush of fd returned r: a full socket is watched for
+ * room; one short of buffers is tried again after one delay. */
+static void due_flushed(void *argp, int fd, int r)
+{
+	struct flush_arg *arg = argp;
+
+	if (r == -EAGAIN && arg->nstalled < arg->max)
+		arg->stalled[arg->nstalled++] = fd;
+	else if (co__keeps_queue(r))
+		due_by(arg, arg->now + arg->ctx->cfg.delay_ns);
+}
+
+/* fd's lock is held: returns 1 if its queue is due now, else notes when it
+ * will be (and syncs the mark of an empty queue). */
+static int is_due(struct flush_arg *arg, int fd, struct co_fd *f)
+{
+	uint64_t due;
+
+	if (pending_len(&f->q) == 0) {
+		co__sync_mark(arg->ctx, fd, f);
+		return 0;
+	}
+	due = f->first_ns + arg->ctx->cfg.delay_ns;
+	if (due <= arg->now)
+		return 1;
+	due_by(arg, due);
+	return 0;
+}
+
 static void flush_one_due(int fd, void *argp)
 {
 	struct flush_arg *arg = argp;
 	struct co_ctx *ctx = arg->ctx;
 	struct co_fd *f = co_fd_find(&ctx->fds, fd);
-	uint64_t due;
-	int r;
 
 	if (!f)
 		return;
 	if (co__trylock_fd(f, fd) != 0) {
 		/* Its owner is writing or flushing it, which sends the queue or
 		 * keeps it short; look again after one delay. */
-		due = arg->now + ctx->cfg.delay_ns;
-		if (!arg->next || due < arg->next)
-			arg->next = due;
+		due_by(arg, arg->now + ctx->cfg.delay_ns);
 		return;
 	}
-	if (pending_len(&f->q) == 0) {
-		co__sync_mark(ctx, fd, f);
-		co__unlock_fd(f);
-		return;
-	}
-	due = f->first_ns + ctx->cfg.delay_ns;
-	if (due <= arg->now) {
-		r = co__flush_deferred(ctx, fd, f, CO_ST_flush_deadline, MSG_DONTWAIT);
-		if (r == -EAGAIN && arg->nstalled < arg->max) {
-			arg->stalled[arg->nstalled++] = fd;
-		} else if (co__keeps_queue(r)) {
-			/* Short of buffers: try again after one delay. */
-			due = arg->now + ctx->cfg.delay_ns;
-			if (!arg->next || due < arg->next)
-				arg->next = due;
-		}
-	} else if (!arg->next || due < arg->next) {
-		arg->next = due;
-	}
+	if (is_due(arg, fd, f))
+		due_flushed(arg, fd,
+			    co__flush_deferred(ctx, fd, f, CO_ST_flush_deadline, MSG_DONTWAIT));
 	co__unlock_fd(f);
+}
+
+/* As flush_one_due, adding a due queue to the batch instead. */
+static void add_one_due(int fd, void *bp)
+{
+	struct co_batch *b = bp;
+	struct flush_arg *arg = b->arg;
+	struct co_fd *f = co_fd_find(&b->ctx->fds, fd);
+
+	if (!f)
+		return;
+	if (co__batch_trylock(b, fd, f) != 0)
+		due_by(arg, arg->now + b->ctx->cfg.delay_ns);
+	else if (!is_due(arg, fd, f))
+		co__batch_drop_last(b);
 }
 
 uint64_t co_flush_due(struct co_ctx *ctx, uint64_t now, int *stalled, int max,
@@ -297,8 +348,15 @@ uint64_t co_flush_due(struct co_ctx *ctx, uint64_t now, int *stalled, int max,
 	struct flush_arg arg = {
 		.ctx = ctx, .now = now, .stalled = stalled, .max = max,
 	};
+	struct co_batch b;
 
-	co_fd_each_pending(&ctx->fds, flush_one_due, &arg);
+	if (co__batch_wanted(ctx, atomic_load(&ctx->fds.pending_count))) {
+		co__batch_begin(&b, ctx, CO_ST_flush_deadline, due_flushed, &arg);
+		co_fd_each_pending(&ctx->fds, add_one_due, &b);
+		co__batch_end(&b);
+	} else {
+		co_fd_each_pending(&ctx->fds, flush_one_due, &arg);
+	}
 	*nstalled = arg.nstalled;
 	return arg.next;
 }

@@ -180,16 +180,50 @@ int co__flush_locked(struct co_ctx *ctx, int fd, struct co_fd *f,
 	return r < 0 ? (int)r : 0;
 }
 
+/* A deferred flush failed with r and dropped the queue: keeps the error
+ * for the next call on fd (counted, logged at info). */
+static void defer_error(struct co_ctx *ctx, int fd, struct co_fd *f, int r)
+{
+	co__keep_error(ctx, f, -r);
+	co_stat_add(&ctx->stats, CO_ST_deferred_errors, 1);
+	co_log(ctx, CO_LOG_INFO, "fd %d: deferred flush failed: error %d", fd, -r);
+}
+
 int co__flush_deferred(struct co_ctx *ctx, int fd, struct co_fd *f,
 		       enum co_counter trigger, int flags)
 {
 	int r = co__flush_locked(ctx, fd, f, trigger, flags);
 
-	if (r < 0 && !co__keeps_queue(r)) {
-		co__keep_error(ctx, f, -r);
-		co_stat_add(&ctx->stats, CO_ST_deferred_errors, 1);
-		co_log(ctx, CO_LOG_INFO, "fd %d: deferred flush failed: error %d", fd, -r);
+	if (r < 0 && !co__keeps_queue(r))
+		defer_error(ctx, fd, f, r);
+	return r;
+}
+
+int co__take_batch_result(struct co_ctx *ctx, int fd, struct co_fd *f,
+			  enum co_counter trigger, ssize_t n)
+{
+	int r;
+
+	co_stat_add(&ctx->stats, trigger, 1);
+	if (f->writes)
+		fold_writes(ctx, f, 0);
+	if (n > 0) {
+		co_stat_add(&ctx->stats, CO_ST_flush_bytes, (uint64_t)n);
+		pending_consume(&f->q, (size_t)n);
+		/* A short send: the socket is full; the rest waits. */
+		r = pending_len(&f->q) ? -EAGAIN : 0;
+	} else {
+		r = n == 0 ? -EAGAIN : (int)n;
+		if (r == -EAGAIN && n < 0)
+			co_stat_add(&ctx->stats, CO_ST_flush_eagain, 1);
+		else if (r == -ENOBUFS || r == -ENOMEM)
+			co_stat_add(&ctx->stats, CO_ST_flush_nobufs, 1);
+		if (!co__keeps_queue(r)) {
+			co__discard_locked(ctx, fd, f);
+			defer_error(ctx, fd, f, r);
+		}
 	}
+	co__sync_mark(ctx, fd, f);
 	return r;
 }
 

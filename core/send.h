@@ -38,6 +38,16 @@ int co__flush_locked(struct co_ctx *ctx, int fd, struct co_fd *f,
 int co__flush_deferred(struct co_ctx *ctx, int fd, struct co_fd *f,
 		       enum co_counter trigger, int flags);
 
+/* Takes the outcome n (bytes sent or -errno) of one nonblocking send of
+ * f's whole queue made by a batch (batch.c), counted as trigger, as
+ * co__flush_deferred takes that of its sendmsg: the bytes that went leave
+ * the queue; EAGAIN, EINTR, ENOBUFS and ENOMEM keep it; any other error
+ * drops it and is kept for the next call on fd. Returns 0 once the queue
+ * is empty, -EAGAIN after a short send (the rest waits for the next flush:
+ * never a second send in one batch), or the error. */
+int co__take_batch_result(struct co_ctx *ctx, int fd, struct co_fd *f,
+			  enum co_counter trigger, ssize_t n);
+
 /* Sends f's queue as a blocking write would, waiting until deadline_ns
  * (monotonic) when the socket is nonblocking and full; what is left then is
  * dropped and counted. Returns 0 or -errno. */

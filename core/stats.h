@@ -32,6 +32,9 @@
 	X(flush_exec)                                                          \
 	X(flush_signal)                                                        \
 	X(dgram_flush_sendmmsg)                                                \
+	X(uring_submits)                                                       \
+	X(uring_sends)                                                         \
+	X(uring_unavailable)                                                   \
 	X(dgram_flush_gso)                                                     \
 	X(dgram_gso_fallbacks)                                                 \
 	X(passthrough_not_socket)                                              \

@@ -13,6 +13,18 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+/* One send of a batch (sys.ring_send_batch): a sendmsg of msg on fd, made
+ * with MSG_DONTWAIT | MSG_NOSIGNAL. msg describes iov (core fills both). */
+struct co_ring_req {
+	int fd;
+	struct msghdr msg;
+	struct iovec iov;
+	ssize_t result; /* Bytes sent or -errno; CO_RING_UNSENT until it ran. */
+};
+
+/* The result of a request the ring never ran. Outside the range of -errno. */
+#define CO_RING_UNSENT (-4096 - 2)
+
 struct co_sys {
 	ssize_t (*sendmsg)(int fd, const struct msghdr *msg, int flags);
 	ssize_t (*writev)(int fd, const struct iovec *iov, int iovcnt);
@@ -35,6 +47,13 @@ struct co_sys {
 	uint64_t (*now_ns)(void);
 	/* Writes a diagnostic line (the log destination). */
 	void (*log_write)(const char *buf, size_t len);
+	/* Sends the n requests with one io_uring submission and waits until
+	 * each has completed (every send is nonblocking, so none stays in
+	 * flight), filling each result. Returns 0; or -EAGAIN if the ring
+	 * cannot be used now (the requests that did not run keep
+	 * CO_RING_UNSENT); or another -errno if it can never be used (the
+	 * errno says why). NULL if there is no ring. */
+	int (*ring_send_batch)(struct co_ring_req *reqs, int n);
 	void *(*alloc)(size_t size);
 	void *(*realloc)(void *ptr, size_t size);
 	void (*free)(void *ptr);

@@ -72,10 +72,21 @@ if [ -f "$build/asan/libcoalesce.so" ]; then
 	done
 fi
 
+# The integration tests again with the io_uring flush backend used for
+# every flush of many fds, however few (COALESCE_BACKEND=uring; where
+# io_uring cannot be had, the tests check the fallback instead).
+for t in "$build"/tests/integration/*; do
+	[ -x "$t" ] || continue
+	run "integration-uring/$(basename "$t")" 120 env COALESCE_LIB="$lib" \
+		COALESCE_BACKEND=uring "$t"
+done
+
 # The integrity stress harness: random mixes of APIs, sizes, threads and
 # endings, verified byte for byte (tests/stress/README.md); a few seeds here.
 run "stress/quick" 300 env COALESCE_LIB="$lib" STRESS_LOG_DIR="$log_dir/stress" \
 	sh tests/stress/run.sh quick
+run "stress-uring/quick" 300 env COALESCE_LIB="$lib" STRESS_WRITER_ENV=COALESCE_BACKEND=uring \
+	STRESS_LOG_DIR="$log_dir/stress-uring" sh tests/stress/run.sh quick
 if [ -f "$build/asan/libcoalesce.so" ]; then
 	run "stress-asan/quick" 300 env COALESCE_LIB="$asan_rt $build/asan/libcoalesce.so" \
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1 \

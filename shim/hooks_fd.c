@@ -55,6 +55,7 @@ CO_HOOK int close(int fd)
 
 	if (!co_shim_on)
 		return REAL(close)(fd);
+	co_uring_fds_closing((unsigned)fd, (unsigned)fd);
 	if (co_close_or_hand_over(&co_shim_ctx, fd, &f))
 		return 0;
 	r = REAL(close)(fd);
@@ -77,15 +78,19 @@ CO_HOOK int close_range(unsigned int first, unsigned int last, int flags)
 		errno = ENOSYS;
 		return -1;
 	}
-	if (co_shim_on && !(flags & CLOSE_RANGE_CLOEXEC) && first <= last)
+	if (co_shim_on && !(flags & CLOSE_RANGE_CLOEXEC) && first <= last) {
+		co_uring_fds_closing(first, last);
 		co_fd_each(&co_shim_ctx.fds, first, last, close_one, NULL);
+	}
 	return REAL(close_range)(first, last, flags);
 }
 
 CO_HOOK void closefrom(int lowfd)
 {
-	if (co_shim_on && lowfd >= 0)
+	if (co_shim_on && lowfd >= 0) {
+		co_uring_fds_closing((unsigned)lowfd, ~0u);
 		co_fd_each(&co_shim_ctx.fds, (unsigned)lowfd, ~0u, close_one, NULL);
+	}
 	REAL(closefrom)(lowfd);
 }
 
@@ -115,8 +120,10 @@ static int dup_onto(int oldfd, int newfd, int flags, int use_dup3)
 
 	if (!co_shim_on)
 		return use_dup3 ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
-	if (oldfd != newfd)
+	if (oldfd != newfd) {
 		stop_coalescing(oldfd, CO_ST_passthrough_dup);
+		co_uring_fds_closing((unsigned)newfd, (unsigned)newfd);
+	}
 	f = oldfd != newfd ? co_close_begin(&co_shim_ctx, newfd) : NULL;
 	r = use_dup3 ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
 	co_close_end(f);

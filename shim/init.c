@@ -164,6 +164,7 @@ static const struct co_sys co_shim_sys = {
 	.hand_over = sys_hand_over,
 	.now_ns = sys_now_ns,
 	.log_write = sys_log_write,
+	.ring_send_batch = co_uring_send_batch,
 	.alloc = sys_alloc,
 	.realloc = sys_realloc,
 	.free = sys_free,
@@ -195,6 +196,7 @@ static void in_fork_child(void)
 	co_shim_pid = getpid();
 	co_after_fork_child(&co_shim_ctx);
 	co_flusher_after_fork_child();
+	co_uring_after_fork_child();
 }
 
 /* Replaces each "%p" in pattern with the pid. Returns 0, or -1 if too long. */

@@ -46,6 +46,13 @@ void co_flusher_after_fork_child(void);
 void co_signals_init(void);
 int co_signals_take_over(int sig);
 
+/* The io_uring ring (shim/uring.c): sys.ring_send_batch; told by the close
+ * hooks that the fds first..last are being closed; dropped in a forked
+ * child. */
+int co_uring_send_batch(struct co_ring_req *reqs, int n);
+void co_uring_fds_closing(unsigned first, unsigned last);
+void co_uring_after_fork_child(void);
+
 /* Writes the statistics file if COALESCE_STATS names one. */
 void co_shim_write_stats(void);
 

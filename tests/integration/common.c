@@ -657,6 +657,16 @@ static const char *co_make_tmpdir(void)
 	return co_tmpdir;
 }
 
+/* Returns 1 if env (NULL-terminated, may be NULL) has an entry starting
+ * with prefix. */
+static int env_sets(const char *const *env, const char *prefix)
+{
+	for (; env && *env; env++)
+		if (!strncmp(*env, prefix, strlen(prefix)))
+			return 1;
+	return 0;
+}
+
 void co_spawn(struct co_child *c, const char *const *args, const struct co_fdmap *map, int n,
 	      const char *const *env, int want_stats)
 {
@@ -674,8 +684,12 @@ void co_spawn(struct co_child *c, const char *const *args, const struct co_fdmap
 	argv[na] = NULL;
 
 	for (e = environ; *e && ne < 480; e++) {
-		if (!strncmp(*e, "LD_PRELOAD=", 11) || !strncmp(*e, "COALESCE_", 9) ||
-		    !strncmp(*e, "CO_TEST_SEED=", 13))
+		if (!strncmp(*e, "LD_PRELOAD=", 11) || !strncmp(*e, "CO_TEST_SEED=", 13))
+			continue;
+		/* The flush backend of the run (run-tests.sh) is kept, unless
+		 * the test chooses its own. */
+		if (!strncmp(*e, "COALESCE_", 9) &&
+		    (strncmp(*e, "COALESCE_BACKEND=", 17) || env_sets(env, "COALESCE_BACKEND=")))
 			continue;
 		envp[ne++] = *e;
 	}

@@ -487,6 +487,61 @@ int fake_is_placeholder(int fd)
 	return n;
 }
 
+static int locked_int(const int *p);
+
+/* The fake ring: each request is one send through fake_send (so every
+ * script of its fd applies), unless the ring is scripted to fail. */
+static int fake_ring_count;
+static int fake_ring_req_count;
+static int fake_ring_err;      /* The error of the next failing call, or 0. */
+static int fake_ring_run_first; /* Requests that call still runs. */
+static void (*fake_ring_hook)(void *arg);
+static void *fake_ring_hook_arg;
+
+static int fake_ring_send_batch(struct co_ring_req *reqs, int n)
+{
+	int i, err, run;
+
+	pthread_mutex_lock(&fake_lock);
+	fake_ring_count++;
+	fake_ring_req_count += n;
+	err = fake_ring_err;
+	run = err ? fake_ring_run_first : n;
+	fake_ring_err = 0;
+	pthread_mutex_unlock(&fake_lock);
+	if (fake_ring_hook)
+		fake_ring_hook(fake_ring_hook_arg);
+	for (i = 0; i < n && i < run; i++)
+		reqs[i].result = fake_send(reqs[i].fd, reqs[i].msg.msg_iov,
+					   (int)reqs[i].msg.msg_iovlen,
+					   MSG_DONTWAIT | MSG_NOSIGNAL, 0);
+	return err ? -err : 0;
+}
+
+void fake_ring_fail(int err, int run_first)
+{
+	pthread_mutex_lock(&fake_lock);
+	fake_ring_err = err;
+	fake_ring_run_first = run_first;
+	pthread_mutex_unlock(&fake_lock);
+}
+
+void fake_ring_during(void (*fn)(void *arg), void *arg)
+{
+	fake_ring_hook = fn;
+	fake_ring_hook_arg = arg;
+}
+
+int fake_ring_calls(void)
+{
+	return locked_int(&fake_ring_count);
+}
+
+int fake_ring_requests(void)
+{
+	return locked_int(&fake_ring_req_count);
+}
+
 static const struct co_sys fake_table = {
 	.sendmsg = fake_sendmsg,
 	.writev = fake_writev,
@@ -500,6 +555,7 @@ static const struct co_sys fake_table = {
 	.hand_over = fake_hand_over,
 	.now_ns = fake_now_ns,
 	.log_write = fake_log_write,
+	.ring_send_batch = fake_ring_send_batch,
 	.alloc = fake_alloc,
 	.realloc = fake_realloc,
 	.free = fake_free,
@@ -531,6 +587,10 @@ void fake_reset(void)
 	fake_log_len = 0;
 	fake_log_buf[0] = '\0';
 	fake_log_count = 0;
+	fake_ring_count = 0;
+	fake_ring_req_count = 0;
+	fake_ring_err = 0;
+	fake_ring_hook = NULL;
 	pthread_mutex_unlock(&fake_lock);
 	atomic_store(&fake_now, FAKE_CLOCK_START);
 	atomic_store(&fake_alloc_failures, 0);

@@ -120,6 +120,18 @@ int fake_writev_calls(void);
 /* sendmmsg calls made (each message is also counted as a send). */
 int fake_sendmmsg_calls(void);
 
+/* The fake io_uring (sys.ring_send_batch) sends each request with the
+ * fd's fake sendmsg (its scripts apply, and it counts as one of its send
+ * calls). fake_ring_fail makes its next call run only the first run_first
+ * requests, then return -err (EAGAIN: not now; any other: never again). */
+void fake_ring_fail(int err, int run_first);
+/* fn(arg) runs inside each ring call, before the requests (as a signal
+ * handler would that interrupts the batch); NULL: nothing. */
+void fake_ring_during(void (*fn)(void *arg), void *arg);
+/* Ring calls so far, and the requests they were given. */
+int fake_ring_calls(void);
+int fake_ring_requests(void);
+
 /* Number of getsockopt, getpeername and socket_id calls made on fd. */
 int fake_classify_calls(int fd);
 

@@ -80,6 +80,7 @@ static void assert_defaults(const struct co_config *cfg)
 	assert_int_equal(cfg->large_bytes, 32768);
 	assert_int_equal(cfg->linger_ns, 1000000000ull);
 	assert_int_equal(cfg->log_level, CO_LOG_ERROR);
+	assert_int_equal(cfg->backend, CO_BACKEND_AUTO);
 	assert_null(cfg->log_file);
 	assert_null(cfg->stats_path);
 }
@@ -271,6 +272,49 @@ static void test_bad_log_level(void **state)
 		assert_int_equal(cfg.log_level, CO_LOG_ERROR);
 		assert_non_null(strstr(env.report[0], "COALESCE_LOG"));
 		assert_non_null(strstr(env.report[0], "error"));
+	}
+}
+
+static void test_backends(void **state)
+{
+	static const struct {
+		const char *text;
+		enum co_backend backend;
+	} cases[] = {
+		{ "auto", CO_BACKEND_AUTO },
+		{ "writev", CO_BACKEND_WRITEV },
+		{ "uring", CO_BACKEND_URING },
+	};
+	struct co_config cfg;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		env_clear();
+		env_set("COALESCE_BACKEND", cases[i].text);
+		assert_int_equal(load(&cfg), 0);
+		assert_int_equal(env.nreports, 0);
+		assert_int_equal(cfg.backend, cases[i].backend);
+	}
+}
+
+static void test_bad_backend(void **state)
+{
+	static const char *const bad[] = { "io_uring", "", "URING", "1", "writev " };
+	struct co_config cfg;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		env_clear();
+		env_set("COALESCE_BACKEND", bad[i]);
+		env_set("COALESCE_LOG", "info");
+		assert_int_equal(load(&cfg), 1);
+		assert_int_equal(env.nreports, 1);
+		assert_int_equal(cfg.backend, CO_BACKEND_AUTO);
+		assert_int_equal(cfg.log_level, CO_LOG_INFO);
+		assert_non_null(strstr(env.report[0], "COALESCE_BACKEND"));
+		assert_non_null(strstr(env.report[0], "default, auto"));
 	}
 }
 
@@ -509,6 +553,8 @@ int main(void)
 		cmocka_unit_test(test_paths),
 		cmocka_unit_test(test_log_levels),
 		cmocka_unit_test(test_bad_log_level),
+		cmocka_unit_test(test_backends),
+		cmocka_unit_test(test_bad_backend),
 		cmocka_unit_test(test_bad_flags),
 		cmocka_unit_test(test_bad_numbers_are_reported_and_replaced),
 		cmocka_unit_test(test_each_bad_value_is_reported_once),
