@@ -276,25 +276,25 @@ static ssize_t keep_signal_write(struct co_ctx *ctx, int fd, const struct iovec 
 	return (ssize_t)total;
 }
 
-/* A signal handler's kept bytes that cannot join fd's queue (memory ran
- * out, or fd no longer coalesces): sends the queue and them as the
- * handler's blocking write would have, waiting at most the linger time on a
- * nonblocking socket. What cannot be sent is dropped and counted. fd's lock
- * is held. */
-static void send_kept(struct co_ctx *ctx, int fd, struct co_fd *f, const struct iovec *kept)
+/* A signal handler's kept bytes (co__signal_writes) that cannot join fd's
+ * queue (memory ran out, or fd no longer coalesces): sends the queue and
+ * them as the handler's blocking write would have, waiting at most the
+ * linger time on a nonblocking socket; what goes out leaves the buffer.
+ * What cannot be sent is dropped and counted. fd's lock is held. */
+static void send_kept(struct co_ctx *ctx, int fd, struct co_fd *f)
 {
 	uint64_t deadline = ctx->sys.now_ns() + ctx->cfg.linger_ns, now;
 	struct pollfd pfd = { .fd = fd, .events = POLLOUT };
-	struct iovec rest;
-	size_t done = 0;
+	struct iovec rest = { .iov_base = co__signal_writes.buf };
 	ssize_t n;
 
-	while (done < kept->iov_len) {
-		rest.iov_base = (char *)kept->iov_base + done;
-		rest.iov_len = kept->iov_len - done;
-		n = co__send_queue(ctx, fd, f, &rest, 1, rest.iov_len, 0);
+	while (co__signal_writes.len) {
+		rest.iov_len = co__signal_writes.len;
+		n = co__send_queue(ctx, fd, f, &rest, 1, co__signal_writes.len, 0);
 		if (n > 0) {
-			done += (size_t)n;
+			memmove(co__signal_writes.buf, co__signal_writes.buf + n,
+				co__signal_writes.len - (size_t)n);
+			co__signal_writes.len -= (size_t)n;
 			continue;
 		}
 		now = ctx->sys.now_ns();
@@ -305,11 +305,12 @@ static void send_kept(struct co_ctx *ctx, int fd, struct co_fd *f, const struct 
 		else
 			ctx->sys.poll(&pfd, 1, (int)((deadline - now + 999999) / 1000000));
 	}
-	if (done < kept->iov_len) {
+	if (co__signal_writes.len) {
 		co__discard_locked(ctx, fd, f);
-		co_stat_add(&ctx->stats, CO_ST_bytes_dropped, kept->iov_len - done);
+		co_stat_add(&ctx->stats, CO_ST_bytes_dropped, co__signal_writes.len);
 		co_log(ctx, CO_LOG_ERROR, "fd %d: %zu bytes a signal handler wrote could not be sent",
-		       fd, kept->iov_len - done);
+		       fd, co__signal_writes.len);
+		co__signal_writes.len = 0;
 	}
 	co__sync_mark(ctx, fd, f);
 }
@@ -348,7 +349,7 @@ void co__queue_signal_writes(void)
 	} else {
 		co_stat_add(&ctx->stats, CO_ST_writes_queued, 1);
 		co_stat_add(&ctx->stats, CO_ST_bytes_queued, iov.iov_len);
-		send_kept(ctx, fd, f, &iov);
+		send_kept(ctx, fd, f);
 	}
 	co__signal_writes.len = 0;
 	co__unlock_fd(f);
