@@ -1055,12 +1055,16 @@ static void do_write(int i, size_t total, int cnt, unsigned seed, int flags, uns
 	struct co_fd *held = NULL;
 	ssize_t r = CO_PASSTHROUGH;
 	struct iovec *iovs = iov_levels[nested ? 1 : 0];
-	int saved_nonblocking = op_nonblocking;
+	int saved_nonblocking = op_nonblocking, saved_drain = op_drain;
 
 	/* A write must not block when it says MSG_DONTWAIT (except for the
 	 * known finding tolerated by FUZZ_ALLOW=dontwait-drain: a write that
 	 * stops coalescing another fd of its socket drains it as close does). */
 	op_nonblocking = (flags & MSG_DONTWAIT) && !(allow_dontwait_drain && s && s->refs > 1);
+	/* A write may stop coalescing another fd of its socket (drained as
+	 * close), a signal handler's nested one too. */
+	if (s && s->refs > 1)
+		op_drain = 1;
 
 	if (cnt == 0)
 		total = 0;
@@ -1176,6 +1180,7 @@ static void do_write(int i, size_t total, int cnt, unsigned seed, int flags, uns
 		CHECK(accepted == 0, "fd %d is closed, yet %zu bytes were taken", fd, accepted);
 	}
 	op_nonblocking = saved_nonblocking;
+	op_drain = saved_drain;
 }
 
 /* What a signal handler does in the middle of a write handed back to libc:
