@@ -394,14 +394,8 @@ int co__dgram_send_queue(struct co_ctx *ctx, int fd, struct co_fd *f, int flags)
 	unsigned run;
 	ssize_t s;
 
-	if (f->writes) {
-		co_stats_batch(&ctx->stats, f->writes);
-		co_stats_delay(&ctx->stats, co__waited(ctx, f), f->writes);
-		co_stat_add(&ctx->stats, CO_ST_writes_queued, f->writes);
-		co_stat_add(&ctx->stats, CO_ST_bytes_queued, f->wbytes);
-		f->writes = 0;
-		f->wbytes = 0;
-	}
+	if (f->writes)
+		co__fold_writes(ctx, f, 0);
 	while (f->dg->msgs) {
 		run = f->dg->corked ? 1 : gso_run(f);
 		s = run >= 2 ? send_gso(ctx, fd, f, run, flags) : send_batch(ctx, fd, f, flags);

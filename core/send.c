@@ -9,19 +9,19 @@
 
 #define CO_IOV_MAX 1024
 
-uint64_t co__waited(struct co_ctx *ctx, struct co_fd *f)
+/* How long the oldest byte of f's queue has waited, in ns. */
+static uint64_t waited(struct co_ctx *ctx, struct co_fd *f)
 {
 	uint64_t now = ctx->sys.now_ns();
 
 	return now > f->first_ns ? now - f->first_ns : 0;
 }
 
-/* Folds the writes queued on f since the last flush into the counters. */
-static void fold_writes(struct co_ctx *ctx, struct co_fd *f, int along)
+void co__fold_writes(struct co_ctx *ctx, struct co_fd *f, int along)
 {
 	co_stats_batch(&ctx->stats, (uint64_t)f->writes + (unsigned)along);
 	if (f->writes)
-		co_stats_delay(&ctx->stats, co__waited(ctx, f), f->writes);
+		co_stats_delay(&ctx->stats, waited(ctx, f), f->writes);
 	co_stat_add(&ctx->stats, CO_ST_writes_queued, f->writes);
 	co_stat_add(&ctx->stats, CO_ST_bytes_queued, f->wbytes);
 	if (along)
@@ -123,7 +123,7 @@ ssize_t co__send_queue(struct co_ctx *ctx, int fd, struct co_fd *f,
 		n = ctx->sys.sendmsg(to, &msg, flags | MSG_NOSIGNAL);
 		co_stat_add(&ctx->stats, CO_ST_flush_syscalls, 1);
 		if (f->writes || along) {
-			fold_writes(ctx, f, along);
+			co__fold_writes(ctx, f, along);
 			along = 0;
 		}
 		if (n < 0) {
@@ -206,7 +206,7 @@ int co__take_batch_result(struct co_ctx *ctx, int fd, struct co_fd *f,
 
 	co_stat_add(&ctx->stats, trigger, 1);
 	if (f->writes)
-		fold_writes(ctx, f, 0);
+		co__fold_writes(ctx, f, 0);
 	if (n > 0) {
 		co_stat_add(&ctx->stats, CO_ST_flush_bytes, (uint64_t)n);
 		pending_consume(&f->q, (size_t)n);

@@ -84,8 +84,10 @@ int co__send_at_once(struct co_fd *f);
 /* Forgets f's socket identity (fd's lock held). */
 void co__release_id(struct co_ctx *ctx, int fd, struct co_fd *f);
 
-/* How long the oldest byte of f's queue has waited, in ns. */
-uint64_t co__waited(struct co_ctx *ctx, struct co_fd *f);
+/* Folds the writes queued on f since the last flush (and along, 1 if the
+ * caller's own write goes in the same send) into the counters: writes and
+ * bytes queued, writes per flush, delay. fd's lock is held. */
+void co__fold_writes(struct co_ctx *ctx, struct co_fd *f, int along);
 
 /* Brings fd's pending bit in line with its queue; when the queue has just
  * become non-empty, stamps its time and tells the deadline flusher. */
