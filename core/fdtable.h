@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "pending.h"
+#include "stats.h"
 #include "sys.h"
 
 enum co_fd_kind {
@@ -29,6 +30,7 @@ struct co_fd {
 	_Atomic int deferred_err; /* errno of a failed deferred flush, for the next call. */
 	unsigned writes;    /* Application writes queued since the last flush syscall. */
 	size_t wbytes;      /* Their bytes. */
+	uint64_t calls[CO_API_COUNT]; /* Calls caught per API, not yet in the counters. */
 	uint64_t first_ns;  /* When the oldest queued byte was queued. */
 	int held_prev;      /* The holder's co__held_fd before it took this lock. */
 	unsigned burst;     /* Writes in the current burst (see co_note_wait). */

@@ -2,6 +2,7 @@
  * close and the other operations that must come after queued bytes, exit
  * and fork. */
 #include <errno.h>
+#include <string.h>
 
 #include "batch.h"
 #include "dgram.h"
@@ -160,6 +161,7 @@ static void reset_locked(struct co_ctx *ctx, int fd, struct co_fd *f)
 	co__take_error(ctx, f);
 	if (f->dg)
 		co__dgram_release(ctx, f);
+	co__fold_calls(ctx, f);
 	f->burst = 0;
 	f->burst_epoch = 0;
 	f->direct = 0;
@@ -380,6 +382,7 @@ static void reset_in_child(int fd, struct co_fd *f, void *argp)
 		f->dg->msgs = 0;
 	f->writes = 0;
 	f->wbytes = 0;
+	memset(f->calls, 0, sizeof(f->calls));
 	co_fd_mark(&ctx->fds, fd, 0);
 }
 
@@ -387,4 +390,20 @@ void co_after_fork_child(struct co_ctx *ctx)
 {
 	pthread_mutex_init(&ctx->socks.lock, NULL);
 	co_fd_each(&ctx->fds, 0, CO_FD_LIMIT - 1, reset_in_child, ctx);
+	/* The child's statistics count the child's own work: the parent
+	 * reports everything before the fork. */
+	memset(&ctx->stats, 0, sizeof(ctx->stats));
+}
+
+static void collect_one(int fd, struct co_fd *f, void *argp)
+{
+	if (co__trylock_fd(f, fd) == 0) {
+		co__fold_calls(argp, f);
+		co__unlock_fd(f);
+	}
+}
+
+void co_collect_calls(struct co_ctx *ctx)
+{
+	co_fd_each(&ctx->fds, 0, CO_FD_LIMIT - 1, collect_one, ctx);
 }

@@ -30,6 +30,19 @@ void co__fold_writes(struct co_ctx *ctx, struct co_fd *f, int along)
 	f->wbytes = 0;
 }
 
+void co__fold_calls(struct co_ctx *ctx, struct co_fd *f)
+{
+	int api;
+
+	for (api = 0; api < CO_API_COUNT; api++) {
+		if (f->calls[api]) {
+			co_stat_add(&ctx->stats, (enum co_counter)(CO_ST_calls_write + api),
+				    f->calls[api]);
+			f->calls[api] = 0;
+		}
+	}
+}
+
 /* Fills iov with the queue and the part of extra not yet sent. Returns the
  * number of entries used. */
 static int build_iov(struct iovec *iov, struct co_fd *f, const struct iovec *extra,

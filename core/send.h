@@ -89,6 +89,9 @@ void co__release_id(struct co_ctx *ctx, int fd, struct co_fd *f);
  * bytes queued, writes per flush, delay. fd's lock is held. */
 void co__fold_writes(struct co_ctx *ctx, struct co_fd *f, int along);
 
+/* Folds the calls counted in f into the counters. fd's lock is held. */
+void co__fold_calls(struct co_ctx *ctx, struct co_fd *f);
+
 /* Brings fd's pending bit in line with its queue; when the queue has just
  * become non-empty, stamps its time and tells the deadline flusher. */
 void co__sync_mark(struct co_ctx *ctx, int fd, struct co_fd *f);

@@ -1,7 +1,8 @@
 /* Process-wide counters, cheap enough to leave on.
  *
  * The write path never touches these: it counts in its fd entry, under the
- * fd lock, and the counts are folded in here once per flush. */
+ * fd lock, and the counts are folded in here: writes once per flush, calls
+ * when the fd is closed and before the counters are written out. */
 #ifndef CO_STATS_H
 #define CO_STATS_H
 
@@ -10,6 +11,12 @@
 #include <stdint.h>
 
 #define CO_STATS_COUNTERS(X)                                                   \
+	X(calls_write)                                                         \
+	X(calls_send)                                                          \
+	X(calls_sendto)                                                        \
+	X(calls_sendmsg)                                                       \
+	X(calls_writev)                                                        \
+	X(calls_sendmmsg)                                                      \
 	X(writes_queued)                                                       \
 	X(bytes_queued)                                                        \
 	X(writes_sent_along)                                                   \
@@ -63,6 +70,20 @@ enum co_counter {
 #undef CO_STATS_ENUM
 	CO_ST_COUNT
 };
+
+/* The write calls the shim catches, in the order of the calls_ counters. */
+enum co_api {
+	CO_API_WRITE,
+	CO_API_SEND,
+	CO_API_SENDTO,
+	CO_API_SENDMSG,
+	CO_API_WRITEV,
+	CO_API_SENDMMSG,
+	CO_API_COUNT
+};
+
+_Static_assert(CO_ST_calls_sendmmsg - CO_ST_calls_write == CO_API_COUNT - 1,
+	       "one calls_ counter per enum co_api value, in the same order");
 
 /* Writes per flush syscall, in power-of-two buckets: 1, 2-3, 4-7, ... */
 #define CO_BATCH_BUCKETS 12

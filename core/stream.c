@@ -383,11 +383,13 @@ static ssize_t keep_for_held_owner(struct co_ctx *ctx, int owner, const struct i
 ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt, int flags,
 		  unsigned how, const struct sockaddr *addr, socklen_t addrlen, struct co_fd **held)
 {
+	unsigned api = CO_WRITE_API_OF(how);
 	struct co_fd *f;
 	int other = -1;
 	ssize_t r;
 
 	*held = NULL;
+	how &= CO_WRITE_ADDR | CO_WRITE_CONTROL;
 	f = co_fd_get(&ctx->fds, &ctx->sys, fd);
 	if (!f) {
 		if (fd < 0)
@@ -418,6 +420,8 @@ ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcn
 		other = co__classify(ctx, fd, f);
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_STREAM ||
 	    atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_DGRAM) {
+		if (api < CO_API_COUNT)
+			f->calls[api]++;
 		r = f->dg ? co__dgram_write(ctx, fd, f, iov, iovcnt, flags, how, addr, addrlen)
 			  : stream_write(ctx, fd, f, iov, iovcnt, flags, how);
 		if (r == CO_PASSTHROUGH) {

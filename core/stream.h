@@ -16,6 +16,10 @@
 /* What else a write call carries, besides bytes and flags. */
 #define CO_WRITE_ADDR 1u    /* a destination address */
 #define CO_WRITE_CONTROL 2u /* control data (SCM_RIGHTS...) */
+/* The API of the call (enum co_api), counted per fd; CO_API_COUNT for a
+ * message of a sendmmsg call after its first, which is no call of its own. */
+#define CO_WRITE_API(api) ((unsigned)(api) << 8)
+#define CO_WRITE_API_OF(how) ((how) >> 8)
 
 /* Returns 1 if fd is known to be one that is never coalesced: the fast path
  * for pipes, files and everything else, without a lock. */
@@ -36,7 +40,7 @@ static inline int co_fd_is_dgram(struct co_ctx *ctx, int fd)
 
 /* Handles one application write of the bytes in iov on fd (to addr, on a
  * datagram socket; CO_WRITE_ADDR in how without addr means an address core
- * is not shown). Small writes are
+ * is not shown), made with the API CO_WRITE_API_OF(how). Small writes are
  * copied into fd's queue; a large one, or one that fills the queue, goes out
  * with the queue in one sendmsg. Returns the number of bytes taken, -errno
  * (a deferred error of an earlier flush, or the kernel's), or
@@ -81,6 +85,11 @@ static inline int co_any_fd_error(struct co_ctx *ctx)
 {
 	return atomic_load_explicit(&ctx->fds.error_count, memory_order_relaxed) != 0;
 }
+
+/* Folds the calls counted in every fd entry into ctx->stats, before they
+ * are written out; an entry another thread holds is folded next time.
+ * Never waits. */
+void co_collect_calls(struct co_ctx *ctx);
 
 /* Flushes every queue without blocking, skipping queues another thread holds.
  * Costs one load when nothing is queued. trigger counts why. */

@@ -35,12 +35,13 @@ static inline ssize_t passed(struct co_fd *held, ssize_t r)
 	return r;
 }
 
+/* write and send (api: CO_API_WRITE or CO_API_SEND). */
 static __attribute__((noinline)) ssize_t write_slow(int fd, const void *buf, size_t len,
-						    int flags)
+						    int flags, enum co_api api)
 {
 	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
 	struct co_fd *held;
-	ssize_t r = through_core(fd, &iov, 1, flags, 0, NULL, 0, &held);
+	ssize_t r = through_core(fd, &iov, 1, flags, CO_WRITE_API(api), NULL, 0, &held);
 
 	if (r != CO_PASSTHROUGH)
 		return r;
@@ -51,7 +52,7 @@ CO_HOOK ssize_t write(int fd, const void *buf, size_t len)
 {
 	if (passes(fd))
 		return REAL(write)(fd, buf, len);
-	return write_slow(fd, buf, len, 0);
+	return write_slow(fd, buf, len, 0, CO_API_WRITE);
 }
 
 CO_HOOK ssize_t __write(int fd, const void *buf, size_t len) __attribute__((alias("write")));
@@ -60,7 +61,7 @@ CO_HOOK ssize_t send(int fd, const void *buf, size_t len, int flags)
 {
 	if (passes(fd))
 		return REAL(send)(fd, buf, len, flags);
-	return write_slow(fd, buf, len, flags);
+	return write_slow(fd, buf, len, flags, CO_API_SEND);
 }
 
 CO_HOOK ssize_t __send(int fd, const void *buf, size_t len, int flags)
@@ -75,7 +76,9 @@ CO_HOOK ssize_t sendto(int fd, const void *buf, size_t len, int flags,
 
 	if (passes(fd))
 		return REAL(sendto)(fd, buf, len, flags, addr, addrlen);
-	r = through_core(fd, &iov, 1, flags, addr ? CO_WRITE_ADDR : 0, addr, addrlen, &held);
+	r = through_core(fd, &iov, 1, flags,
+			 CO_WRITE_API(CO_API_SENDTO) | (addr ? CO_WRITE_ADDR : 0), addr, addrlen,
+			 &held);
 	if (r != CO_PASSTHROUGH)
 		return r;
 	return passed(held, REAL(sendto)(fd, buf, len, flags, addr, addrlen));
@@ -89,7 +92,7 @@ CO_HOOK ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	if (passes(fd) || !msg)
 		return REAL(sendmsg)(fd, msg, flags);
 	r = through_core(fd, msg->msg_iov, (int)msg->msg_iovlen, flags,
-			 (msg->msg_name ? CO_WRITE_ADDR : 0) |
+			 CO_WRITE_API(CO_API_SENDMSG) | (msg->msg_name ? CO_WRITE_ADDR : 0) |
 				 (msg->msg_controllen ? CO_WRITE_CONTROL : 0),
 			 msg->msg_name, msg->msg_namelen, &held);
 	if (r != CO_PASSTHROUGH)
@@ -104,7 +107,7 @@ CO_HOOK ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
 
 	if (passes(fd))
 		return REAL(writev)(fd, iov, iovcnt);
-	r = through_core(fd, iov, iovcnt, 0, 0, NULL, 0, &held);
+	r = through_core(fd, iov, iovcnt, 0, CO_WRITE_API(CO_API_WRITEV), NULL, 0, &held);
 	if (r != CO_PASSTHROUGH)
 		return r;
 	return passed(held, REAL(writev)(fd, iov, iovcnt));
@@ -124,7 +127,8 @@ static __attribute__((noinline)) int sendmmsg_slow(int fd, struct mmsghdr *msgs,
 	for (i = 0; i < vlen; i++) {
 		m = &msgs[i].msg_hdr;
 		r = co_sendto(&co_shim_ctx, fd, m->msg_iov, (int)m->msg_iovlen, flags,
-			      (m->msg_name ? CO_WRITE_ADDR : 0) |
+			      CO_WRITE_API(i ? CO_API_COUNT : CO_API_SENDMMSG) |
+				      (m->msg_name ? CO_WRITE_ADDR : 0) |
 				      (m->msg_controllen ? CO_WRITE_CONTROL : 0),
 			      m->msg_name, m->msg_namelen, &held);
 		if (r == CO_PASSTHROUGH)

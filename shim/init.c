@@ -224,7 +224,7 @@ static int expand_path(const char *pattern, char *out, size_t size)
 
 void co_shim_write_stats(void)
 {
-	char path[4096], buf[4096];
+	char path[4096], buf[8192];
 	size_t len;
 	int fd, saved = errno;
 
@@ -241,6 +241,7 @@ void co_shim_write_stats(void)
 		errno = saved;
 		return;
 	}
+	co_collect_calls(&co_shim_ctx);
 	len = co_stats_format(&co_shim_ctx.stats, (long)getpid(), buf, sizeof(buf));
 	REAL(write)(fd, buf, len);
 	REAL(close)(fd);

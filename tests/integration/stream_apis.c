@@ -226,6 +226,7 @@ int main(int argc, char **argv)
 		char fam[16], port[16], stream[16];
 		const char *args[4] = { fam, port, stream, NULL };
 		uint64_t total = 0, small = 0;
+		long long calls[API_COUNT] = { 0 };
 		int i, api, rfd, lfd = -1, wfd = -1, nmap = 0, sv[2];
 
 		if (tp->family == AF_INET6 && v6why) {
@@ -237,6 +238,8 @@ int main(int argc, char **argv)
 			size_t size = plan_next(&pr, &api);
 
 			total += size;
+			/* A zero-length call is a write or a send (do_op). */
+			calls[size || api == API_WRITE ? api : API_SEND]++;
 			if (size > 0 && size < LARGE)
 				small++;
 		}
@@ -285,6 +288,20 @@ int main(int argc, char **argv)
 		/* At least half of the small writes were queued, and at least 4
 		 * queued writes went out per flush syscall on average. */
 		co_stats_expect_coalesced(&c, (long long)small / 2, 4, tp->name);
+		/* Every call was caught and counted under its own API (a short
+		 * send makes one more). */
+		for (api = 0; api < API_COUNT; api++) {
+			char key[32];
+			long long got;
+
+			snprintf(key, sizeof(key), "calls_%s", api_names[api]);
+			got = co_stats_need(&c, key);
+			if (got < calls[api])
+				co_fail("%s: stats %s=%lld, the child made %lld such calls", tp->name,
+					key, got, calls[api]);
+		}
+		if (co_stats_need(&c, "calls_sendmmsg") != 0)
+			co_fail("%s: calls_sendmmsg counted, the child made none", tp->name);
 		ran++;
 	}
 	if (!ran)

@@ -121,6 +121,7 @@ if expect "ab --runs 3 --json --plot" 0 "$co" ab --runs 3 --warmup 1 --lib "$lib
 	has "the table has arm A" "$tmp/out" "A: plain"
 	has "the table names the interval's method" "$tmp/out" "bootstrap of the ratio of medians"
 	has "the table shows the statistics" "$tmp/out" "syscalls saved"
+	has "the table shows the calls caught" "$tmp/out" "calls caught"
 	json_check "JSON: both arms, 3 counted runs and 1 warm-up each" "$tmp/ab.json" '
 for arm in "AB":
     counted = [r for r in d["runs"] if r["arm"] == arm and not r["warmup"]]
@@ -137,7 +138,9 @@ assert d["interval"]["method"].startswith("bootstrap")'
 	json_check "JSON: the B runs' statistics merged, writes_queued > 0" "$tmp/ab.json" '
 assert d["stats_sums"]["writes_queued"] > 0, d["stats_sums"]
 assert d["stats"]["files"] >= 3 and d["stats"]["runs_without_files"] == 0, d["stats"]
-assert d["stats"]["syscalls_saved"] > 0 and d["arm_b_environment"]["LD_PRELOAD"]'
+assert d["stats"]["syscalls_saved"] > 0 and d["arm_b_environment"]["LD_PRELOAD"]
+# Every write the shim queued or sent is a call it caught.
+assert d["stats"]["calls_caught"] >= d["stats"]["writes_caught"] > 0, d["stats"]'
 	if "$py" -c 'import sys, xml.dom.minidom as m; m.parse(sys.argv[1])' "$tmp/ab.svg" 2>/dev/null &&
 		grep -q '<circle' "$tmp/ab.svg"; then
 		pass "--plot writes a well-formed SVG with the runs"
@@ -171,11 +174,14 @@ assert read == 2 and "pid" not in sums, sums
 assert sums["writes_queued"] == 100 and sums["delay_us_max"] == 300, sums
 d = ab.derive_stats(sums, read, 0)
 assert d["writes_caught"] == 115 and d["syscalls_saved"] == 90 and d["mean_batch"] == 5.5, d
+assert d["calls_caught"] == 117, d
+assert d["calls_per_api"] == {"write": 80, "send": 20, "sendto": 10, "sendmsg": 5, "sendmmsg": 2}, d
 assert d["flush_triggers"] == {"deadline": 4, "read": 10, "size": 6}, d["flush_triggers"]
 assert d["passthroughs"] == {"not_socket": 3}, d["passthroughs"]
 assert (d["delay_p50_us"], d["delay_p99_us"], d["delay_max_us"]) == (128, 256, 300), d
 text = "\n".join(ab.stats_report(d, 2))
 assert "p50 <= 128 us, p99 <= 256 us, max 300 us" in text, text
+assert "calls caught     117 on coalesced sockets: send 20, sendmmsg 2, sendmsg 5, sendto 10, write 80" in text, text
 old = {k: v for k, v in sums.items() if not k.startswith("delay_us_")}
 assert "not reported" in ab.delay_text(ab.derive_stats(old, 2, 0))
 PY

@@ -1,6 +1,8 @@
 /* The counters: their flat JSON form, the batch-size buckets, and what the
  * write path counts. */
 #include <ctype.h>
+#include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +21,8 @@
 /* Every key co_stats_format must write, in order. */
 static const char *const expected_keys[] = {
 	"pid",
+	"calls_write", "calls_send", "calls_sendto", "calls_sendmsg", "calls_writev",
+	"calls_sendmmsg",
 	"writes_queued", "bytes_queued", "writes_sent_along", "writes_direct",
 	"writes_from_signal_handlers", "dgrams_queued",
 	"flush_syscalls", "flush_bytes", "flush_eagain", "flush_nobufs",
@@ -328,6 +332,80 @@ static void test_bytes_queued_is_counted(void **state)
 	assert_int_equal(counted, 300);
 }
 
+/* Calls as the hooks make them: one byte with the given API bits. */
+static void call(struct co_ctx *ctx, int fd, unsigned api_bits, int times)
+{
+	struct iovec iov = { .iov_base = "x", .iov_len = 1 };
+
+	while (times-- > 0)
+		assert_int_not_equal(co_write_now(ctx, fd, &iov, 1, 0, api_bits), -EBADF);
+}
+
+static uint64_t calls(struct co_ctx *ctx, enum co_api api)
+{
+	return co_stat_get(&ctx->stats, (enum co_counter)(CO_ST_calls_write + api));
+}
+
+/* Calls are counted per API on the sockets the shim coalesces, in the fd
+ * entry; they reach the counters when collected or when the fd closes, and
+ * a forked child starts from zero. */
+static void test_calls_per_api(void **state)
+{
+	struct co_ctx *ctx;
+	struct co_fd *f;
+	int api;
+
+	(void)state;
+	fake_reset();
+	ctx = fake_ctx_new(NULL);
+	fake_socket(5, FAKE_TCP);
+	fake_socket(6, FAKE_UDP);
+	fake_socket(7, FAKE_NOT_SOCKET);
+	for (api = 0; api < CO_API_COUNT; api++)
+		call(ctx, 5, CO_WRITE_API(api), api + 1);
+	call(ctx, 6, CO_WRITE_API(CO_API_SENDTO), 10);
+	/* The later messages of one sendmmsg call. */
+	call(ctx, 6, CO_WRITE_API(CO_API_COUNT), 3);
+	/* Not a socket: not caught, not counted. */
+	call(ctx, 7, CO_WRITE_API(CO_API_WRITE), 4);
+	for (api = 0; api < CO_API_COUNT; api++)
+		assert_int_equal(calls(ctx, api), 0);
+	co_collect_calls(ctx);
+	for (api = 0; api < CO_API_COUNT; api++)
+		assert_int_equal(calls(ctx, api), api + 1 + (api == CO_API_SENDTO ? 10 : 0));
+	/* Collected once only. */
+	co_collect_calls(ctx);
+	assert_int_equal(calls(ctx, CO_API_SENDMMSG), CO_API_SENDMMSG + 1);
+
+	/* Close folds the fd's calls in. */
+	call(ctx, 5, CO_WRITE_API(CO_API_WRITEV), 7);
+	f = co_close_begin(ctx, 5);
+	assert_non_null(f);
+	co_close_end(f);
+	assert_int_equal(calls(ctx, CO_API_WRITEV), CO_API_WRITEV + 1 + 7);
+
+	/* An entry another thread holds is left for the next collection. */
+	call(ctx, 6, CO_WRITE_API(CO_API_SEND), 2);
+	f = co_fd_find(&ctx->fds, 6);
+	assert_int_equal(pthread_mutex_lock(&f->lock), 0);
+	co_collect_calls(ctx);
+	assert_int_equal(calls(ctx, CO_API_SEND), CO_API_SEND + 1);
+	assert_int_equal(pthread_mutex_unlock(&f->lock), 0);
+	co_collect_calls(ctx);
+	assert_int_equal(calls(ctx, CO_API_SEND), CO_API_SEND + 1 + 2);
+
+	/* A forked child counts its own calls only. */
+	call(ctx, 6, CO_WRITE_API(CO_API_SENDTO), 5);
+	co_after_fork_child(ctx);
+	co_collect_calls(ctx);
+	for (api = 0; api < CO_API_COUNT; api++)
+		assert_int_equal(calls(ctx, api), 0);
+	assert_int_equal(co_stat_get(&ctx->stats, CO_ST_writes_direct), 0);
+
+	fake_ctx_free(ctx);
+	fake_reset();
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -339,6 +417,7 @@ int main(void)
 		cmocka_unit_test(test_batch_counts_accumulate),
 		cmocka_unit_test(test_write_path_counts),
 		cmocka_unit_test(test_bytes_queued_is_counted),
+		cmocka_unit_test(test_calls_per_api),
 	};
 
 	return cmocka_run_group_tests_name("stats", tests, NULL, NULL);
