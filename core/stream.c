@@ -380,6 +380,95 @@ static ssize_t keep_for_held_owner(struct co_ctx *ctx, int owner, const struct i
 	return CO_PASSTHROUGH;
 }
 
+/* Takes owner's lock for a write with flags on another fd of its socket.
+ * A MSG_DONTWAIT write waits at most CO_CLOSE_WAIT_NS: a holder that keeps
+ * it longer is most likely blocked in a send on the full socket, and then
+ * the write fails with -EAGAIN, as it would have found no room either; if
+ * the socket has room after all, the holder is merely slow and is waited
+ * for (an EAGAIN without a full socket would leave an edge-triggered
+ * writer waiting for an edge that never comes). Returns 0, -EAGAIN, or
+ * -EDEADLK (this thread holds it). */
+static int lock_owner(struct co_ctx *ctx, int owner, struct co_fd *f, int flags)
+{
+	struct pollfd pfd = { .fd = owner, .events = POLLOUT };
+	int r;
+
+	if (!(flags & MSG_DONTWAIT))
+		return co__lock_fd(f, owner);
+	r = co__timedlock_fd(f, owner, ctx->sys.now_ns() + CO_CLOSE_WAIT_NS);
+	if (r != -ETIMEDOUT)
+		return r;
+	if (ctx->sys.poll(&pfd, 1, 0) == 0)
+		return -EAGAIN;
+	return co__lock_fd(f, owner);
+}
+
+/* fd, just found to share its socket with owner (which coalesces it), is
+ * about to write with flags: owner's queue goes first, sent as this write
+ * would wait for room (never longer), and owner then stops coalescing.
+ * Returns 0 when owner's queue is out (or owner had none), or -errno when
+ * it could not all be sent without waiting longer than this write would
+ * (-EAGAIN: the socket is full): owner keeps coalescing, and the caller
+ * returns that error, as the kernel would have for a socket full of those
+ * bytes. */
+static int stop_owner_before(struct co_ctx *ctx, int owner, int flags)
+{
+	struct co_fd *f = co_fd_find(&ctx->fds, owner);
+	int r;
+
+	if (!f)
+		return 0;
+	r = lock_owner(ctx, owner, f, flags);
+	if (r == -EAGAIN)
+		return r;
+	if (r == 0) {
+		do {
+			r = co__flush_locked(ctx, owner, f, CO_ST_flush_order, flags & MSG_DONTWAIT);
+		} while (r == -EINTR && !(flags & MSG_DONTWAIT));
+		r = pending_len(&f->q) ? r : 0;
+		co__unlock_fd(f);
+		if (r)
+			return r;
+	}
+	co_fd_stop(ctx, owner, CO_ST_passthrough_dup);
+	return 0;
+}
+
+/* Undoes fd's classification as passing, after stop_owner_before could not
+ * stop its socket's owner: fd is classified again on its next write. */
+static void unclassify(struct co_ctx *ctx, int fd, struct co_fd *f)
+{
+	if (co__lock_fd(f, fd) != 0)
+		return;
+	if (atomic_load(&f->kind) == CO_FD_PASS) {
+		co__release_id(ctx, fd, f);
+		atomic_store(&f->kind, CO_FD_UNKNOWN);
+	}
+	co__unlock_fd(f);
+}
+
+int co_flush_before_send(struct co_ctx *ctx, int fd, enum co_counter trigger, int flags)
+{
+	struct co_fd *f = fd >= 0 ? co_fd_get(&ctx->fds, &ctx->sys, fd) : NULL;
+	int other = -1, err;
+
+	if (!f)
+		return 0;
+	if (atomic_load(&f->kind) == CO_FD_UNKNOWN && co__lock_fd(f, fd) == 0) {
+		if (atomic_load(&f->kind) == CO_FD_UNKNOWN)
+			other = co__classify(ctx, fd, f);
+		co__unlock_fd(f);
+	}
+	if (other >= 0) {
+		err = stop_owner_before(ctx, other, flags);
+		if (err) {
+			unclassify(ctx, fd, f);
+			return err;
+		}
+	}
+	return co_flush_before(ctx, fd, trigger, flags);
+}
+
 ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt, int flags,
 		  unsigned how, const struct sockaddr *addr, socklen_t addrlen, struct co_fd **held)
 {
@@ -435,7 +524,13 @@ ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcn
 	/* fd shares its socket with other: what other queued goes first. */
 	if (other >= 0 && other == co__held_fd && !f->dg)
 		return keep_for_held_owner(ctx, other, iov, iovcnt, flags, how);
-	if (other >= 0)
-		co_fd_stop(ctx, other, CO_ST_passthrough_dup);
+	if (other >= 0) {
+		int err = stop_owner_before(ctx, other, flags);
+
+		if (err) {
+			unclassify(ctx, fd, f);
+			return err;
+		}
+	}
 	return r;
 }

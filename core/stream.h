@@ -120,6 +120,14 @@ static inline void co_exit_cancelled(struct co_ctx *ctx)
  * be made now. */
 int co_flush_before(struct co_ctx *ctx, int fd, enum co_counter trigger, int flags);
 
+/* Before an operation that sends on fd's socket where the shim cannot see
+ * it (sendfile, splice, copy_file_range): as co_flush_before, but an fd not
+ * classified yet is classified first, so that what another fd of the same
+ * socket (a duplicate) queued goes first too, as a write on fd with flags
+ * would wait for it; that fd then stops coalescing. Returns 0, or -errno
+ * (-EAGAIN...) when bytes that must go first are still queued. */
+int co_flush_before_send(struct co_ctx *ctx, int fd, enum co_counter trigger, int flags);
+
 /* Called before close(fd): sends what is queued (waiting as for exit), then
  * forgets fd. Returns the entry, still locked, so that no other thread can
  * queue on fd until co_close_end, called after the real close; or NULL. */

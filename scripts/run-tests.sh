@@ -101,7 +101,7 @@ else
 	run "stress-valgrind/quick" 10 sh -c 'echo "skipped: valgrind is not installed"; exit 77'
 fi
 
-# The core fuzzer: every seed and known input replayed (any compiler), then
+# The core fuzzer: every seed replayed (any compiler), then
 # a short libFuzzer run where clang is there (tests/fuzz/README.md).
 run "fuzz/replay" 300 sh tests/fuzz/run.sh replay
 if command -v clang >/dev/null 2>&1; then

@@ -7,17 +7,18 @@
 
 #include "shim.h"
 
-/* Sends fd's queue before an operation on it that must follow the bytes, as
- * a write would (blocking on a blocking socket). Returns 0, or -1 with errno
- * set (EAGAIN on a full nonblocking socket) when the operation must not be
- * made now. */
+/* Sends fd's queue (and that of a duplicate of fd that coalesces its
+ * socket) before an operation on it that must follow the bytes, as a write
+ * would (blocking on a blocking socket). Returns 0, or -1 with errno set
+ * (EAGAIN on a full nonblocking socket) when the operation must not be made
+ * now. */
 static int flush_first(int fd)
 {
 	int r;
 
 	if (!co_shim_on || co_fd_passes(&co_shim_ctx, fd))
 		return 0;
-	r = co_flush_before(&co_shim_ctx, fd, CO_ST_flush_order, 0);
+	r = co_flush_before_send(&co_shim_ctx, fd, CO_ST_flush_order, 0);
 	return (int)co_shim_result(r, MSG_NOSIGNAL);
 }
 
@@ -33,7 +34,7 @@ static void nudge(int fd)
 	errno = saved;
 }
 
-/* Before an operation after which fd is no longer coalesced (dup, fdopen,
+/* Before an operation after which fd is no longer coalesced (fdopen,
  * shutdown): sends its queue as close would (bytes queued on a full
  * nonblocking socket wait at most the linger time), counted as reason. */
 static void stop_coalescing(int fd, enum co_counter reason)
@@ -101,14 +102,15 @@ CO_HOOK int shutdown(int fd, int how)
 	return REAL(shutdown)(fd, how);
 }
 
+/* A duplicate is a new fd of oldfd's socket, which core learns on the
+ * duplicate's first write (or sendfile...): oldfd's queue goes first then,
+ * as that call would wait for it, and the socket stops being coalesced. A
+ * dup itself never waits. */
 CO_HOOK int dup(int oldfd)
 {
-	int r;
+	int r = REAL(dup)(oldfd);
 
-	stop_coalescing(oldfd, CO_ST_passthrough_dup);
-	r = REAL(dup)(oldfd);
-	if (r >= 0 && co_shim_on)
-		co_fd_stop(&co_shim_ctx, r, CO_ST_passthrough_dup);
+	forget(r);
 	return r;
 }
 
@@ -118,17 +120,12 @@ static int dup_onto(int oldfd, int newfd, int flags, int use_dup3)
 	struct co_fd *f;
 	int r;
 
-	if (!co_shim_on)
+	if (!co_shim_on || oldfd == newfd)
 		return use_dup3 ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
-	if (oldfd != newfd) {
-		stop_coalescing(oldfd, CO_ST_passthrough_dup);
-		co_uring_fds_closing((unsigned)newfd, (unsigned)newfd);
-	}
-	f = oldfd != newfd ? co_close_begin(&co_shim_ctx, newfd) : NULL;
+	co_uring_fds_closing((unsigned)newfd, (unsigned)newfd);
+	f = co_close_begin(&co_shim_ctx, newfd);
 	r = use_dup3 ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
 	co_close_end(f);
-	if (r >= 0 && oldfd != newfd)
-		co_fd_stop(&co_shim_ctx, newfd, CO_ST_passthrough_dup);
 	return r;
 }
 
@@ -152,10 +149,8 @@ static int fcntl_common(int fd, int cmd, void *arg, int (*real)(int, int, ...))
 	switch (cmd) {
 	case F_DUPFD:
 	case F_DUPFD_CLOEXEC:
-		stop_coalescing(fd, CO_ST_passthrough_dup);
 		r = real(fd, cmd, arg);
-		if (r >= 0)
-			co_fd_stop(&co_shim_ctx, r, CO_ST_passthrough_dup);
+		forget(r);
 		return r;
 	case F_SETFL:
 		nudge(fd);

@@ -12,7 +12,7 @@
 #   FUZZ_COVERAGE=1 tests/fuzz/run.sh             coverage of core/ by the corpus
 #   tests/fuzz/run.sh build/fuzz/artifacts/crash-...   replay one input
 #   tests/fuzz/run.sh replay [INPUT...]           no libFuzzer: build with $CC (default
-#       cc) + ASan/UBSan, replay the seeds and the known-finding inputs (or INPUTs)
+#       cc) + ASan/UBSan, replay the seeds (or INPUTs)
 set -u
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -27,12 +27,8 @@ mkdir -p "$out/corpus" "$out/artifacts" || exit 1
 # core changes under us: adapt to what this checkout's core/ has.
 defs=$(tests/fuzz/defs.sh "$clang") || exit 1
 
-# Known core findings tolerated so that fuzzing goes on past them (see
-# tests/fuzz/README.md); FUZZ_ALLOW= (empty) makes every check strict.
-export FUZZ_ALLOW="${FUZZ_ALLOW-dontwait-drain}"
-
 if [ "${1:-}" = replay ]; then
-	# A regression test for any compiler: every seed and known input once.
+	# A regression test for any compiler: every seed once.
 	shift
 	cc=${CC:-cc}
 	mkdir -p "$out/replay" || exit 1
@@ -42,14 +38,13 @@ if [ "${1:-}" = replay ]; then
 		-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer \
 		-Icore -o "$out/replay/fuzz_core_replay" tests/fuzz/fuzz_core.c \
 		tests/fuzz/replay_main.c core/*.c || exit 1
-	[ $# -gt 0 ] || set -- tests/fuzz/corpus tests/fuzz/known
+	[ $# -gt 0 ] || set -- tests/fuzz/corpus
 	ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1} \
 		UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1} \
 		"$out/replay/fuzz_core_replay" "$@" 2>"$out/replay/replay.log"
 	rc=$?
 	[ $rc -eq 0 ] || tail -40 "$out/replay/replay.log" >&2
-	echo "fuzz_core replay: $(grep -c '^replay ' "$out/replay/replay.log") inputs, exit $rc" \
-		"(tolerating: ${FUZZ_ALLOW:-none})"
+	echo "fuzz_core replay: $(grep -c '^replay ' "$out/replay/replay.log") inputs, exit $rc"
 	[ $rc -eq 0 ]
 	exit
 fi
@@ -83,9 +78,6 @@ fi
 echo "built $bin ($defs )"
 [ "${FUZZ_BUILD_ONLY:-0}" = 1 ] && exit 0
 
-# Known core findings tolerated so that fuzzing goes on past them (see
-# tests/fuzz/README.md, set above); FUZZ_ALLOW= (empty) makes every check strict.
-echo "tolerating known findings: ${FUZZ_ALLOW:-none}"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}

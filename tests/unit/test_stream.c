@@ -3,6 +3,7 @@
  * allocation failures. */
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -664,6 +665,101 @@ static void test_dup_sends_the_other_queue_first_and_stops_both(void **state)
 	c.fd = 30;
 	assert_int_equal(app_write(ctx, &c, 10, 0), 10);
 	assert_true(app_wire_is(&c, 50));
+	app_close(&c);
+}
+
+/* A MSG_DONTWAIT write on a duplicate, while the socket is full and the
+ * first fd has bytes queued: the kernel would say EAGAIN at once. The
+ * write must not wait (no poll), nor drop the queue; the first fd keeps
+ * coalescing until the queue can go, and the duplicate is looked at again
+ * on its next write. */
+static void test_dup_dontwait_write_on_a_full_socket_says_eagain(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = fx->ctx;
+	struct app c = { 0 };
+	int polls;
+
+	app_open(&c, 30, FAKE_TCP, 3);
+	assert_int_equal(app_write(ctx, &c, 10, 0), 10); /* at once */
+	assert_int_equal(app_write(ctx, &c, 10, 0), 10); /* queued */
+	fake_dup(31, 30);
+	fake_send_full(30, 1);
+	polls = fake_poll_calls();
+	c.fd = 31;
+	assert_int_equal(app_write(ctx, &c, 10, MSG_DONTWAIT), -EAGAIN);
+	assert_int_equal(fake_poll_calls(), polls);
+	assert_int_equal(app_queued(ctx, 30), 10);
+	assert_false(co_fd_passes(ctx, 30));
+	assert_false(co_fd_passes(ctx, 31));
+	assert_true(app_wire_is(&c, 10));
+
+	/* Room again: the queue goes first, then the write; both fds pass. */
+	fake_send_full(30, 0);
+	assert_int_equal(app_write(ctx, &c, 10, MSG_DONTWAIT), 10);
+	assert_true(app_wire_is(&c, 30));
+	assert_int_equal(app_queued(ctx, 30), 0);
+	assert_true(co_fd_passes(ctx, 30));
+	assert_true(co_fd_passes(ctx, 31));
+	app_close(&c);
+}
+
+/* The same write while another thread holds the first fd (blocked in a
+ * send on the full socket, as a MSG_DONTWAIT write cannot tell apart from
+ * one about to let go): after a short wait, EAGAIN, since the socket has
+ * no room. */
+static void test_dup_dontwait_write_while_the_owner_is_held(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = fx->ctx;
+	struct app c = { 0 };
+	struct co_fd *owner;
+
+	app_open(&c, 30, FAKE_TCP, 3);
+	assert_int_equal(app_write(ctx, &c, 10, 0), 10);
+	assert_int_equal(app_write(ctx, &c, 10, 0), 10);
+	fake_dup(31, 30);
+	fake_send_full(30, 1);
+	owner = co_fd_find(&ctx->fds, 30);
+	assert_int_equal(pthread_mutex_lock(&owner->lock), 0);
+	c.fd = 31;
+	assert_int_equal(app_write(ctx, &c, 10, MSG_DONTWAIT), -EAGAIN);
+	assert_int_equal(pthread_mutex_unlock(&owner->lock), 0);
+	assert_int_equal(app_queued(ctx, 30), 10);
+	assert_false(co_fd_passes(ctx, 31));
+	assert_true(app_wire_is(&c, 10));
+	fake_send_full(30, 0);
+	assert_int_equal(app_write(ctx, &c, 10, MSG_DONTWAIT), 10);
+	assert_true(app_wire_is(&c, 30));
+	app_close(&c);
+}
+
+/* sendfile or splice on a duplicate: what the first fd queued goes first,
+ * as far as a write with the same flags would wait for it. */
+static void test_flush_before_send_on_a_dup_sends_the_other_queue(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = fx->ctx;
+	struct app c = { 0 };
+
+	app_open(&c, 30, FAKE_TCP, 3);
+	assert_int_equal(app_write(ctx, &c, 10, 0), 10);
+	assert_int_equal(app_write(ctx, &c, 10, 0), 10);
+	fake_dup(31, 30);
+	/* An operation that follows fd 31's own bytes only: nothing to do. */
+	assert_int_equal(co_flush_before(ctx, 31, CO_ST_flush_order, 0), 0);
+	assert_int_equal(app_queued(ctx, 30), 10);
+
+	fake_send_full(30, 1);
+	assert_int_equal(co_flush_before_send(ctx, 31, CO_ST_flush_order, MSG_DONTWAIT), -EAGAIN);
+	assert_int_equal(app_queued(ctx, 30), 10);
+	assert_false(co_fd_passes(ctx, 31));
+	fake_send_full(30, 0);
+	assert_int_equal(co_flush_before_send(ctx, 31, CO_ST_flush_order, 0), 0);
+	assert_int_equal(app_queued(ctx, 30), 0);
+	assert_true(app_wire_is(&c, 20));
+	assert_true(co_fd_passes(ctx, 30));
+	assert_true(co_fd_passes(ctx, 31));
 	app_close(&c);
 }
 
@@ -1357,6 +1453,9 @@ int main(void)
 		T(test_deferred_error_comes_before_a_lone_write),
 		T(test_without_direct_the_first_write_is_queued),
 		T(test_dup_sends_the_other_queue_first_and_stops_both),
+		T(test_dup_dontwait_write_on_a_full_socket_says_eagain),
+		T(test_dup_dontwait_write_while_the_owner_is_held),
+		T(test_flush_before_send_on_a_dup_sends_the_other_queue),
 		T(test_dup_of_a_closed_fd_is_coalesced),
 		T(test_dup_of_a_forgotten_fd_is_coalesced),
 		T(test_shared_socket_stays_passing_after_its_owner_closes),
