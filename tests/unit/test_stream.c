@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -704,6 +705,44 @@ static void test_dup_dontwait_write_on_a_full_socket_says_eagain(void **state)
 	app_close(&c);
 }
 
+/* Another thread that holds a mutex until told to let go. */
+struct holder {
+	pthread_mutex_t *lock;
+	pthread_mutex_t gate; /* locked by the test until the holder may let go */
+	int taken;
+	pthread_t thread;
+};
+
+static void *hold_main(void *arg)
+{
+	struct holder *h = arg;
+
+	pthread_mutex_lock(h->lock);
+	__atomic_store_n(&h->taken, 1, __ATOMIC_RELEASE);
+	pthread_mutex_lock(&h->gate);
+	pthread_mutex_unlock(&h->gate);
+	pthread_mutex_unlock(h->lock);
+	return NULL;
+}
+
+static void hold_start(struct holder *h, pthread_mutex_t *lock)
+{
+	h->lock = lock;
+	h->taken = 0;
+	pthread_mutex_init(&h->gate, NULL);
+	pthread_mutex_lock(&h->gate);
+	assert_int_equal(pthread_create(&h->thread, NULL, hold_main, h), 0);
+	while (!__atomic_load_n(&h->taken, __ATOMIC_ACQUIRE))
+		sched_yield();
+}
+
+static void hold_end(struct holder *h)
+{
+	pthread_mutex_unlock(&h->gate);
+	assert_int_equal(pthread_join(h->thread, NULL), 0);
+	pthread_mutex_destroy(&h->gate);
+}
+
 /* The same write while another thread holds the first fd (blocked in a
  * send on the full socket, as a MSG_DONTWAIT write cannot tell apart from
  * one about to let go): after a short wait, EAGAIN, since the socket has
@@ -713,18 +752,17 @@ static void test_dup_dontwait_write_while_the_owner_is_held(void **state)
 	struct fixture *fx = *state;
 	struct co_ctx *ctx = fx->ctx;
 	struct app c = { 0 };
-	struct co_fd *owner;
+	struct holder h;
 
 	app_open(&c, 30, FAKE_TCP, 3);
 	assert_int_equal(app_write(ctx, &c, 10, 0), 10);
 	assert_int_equal(app_write(ctx, &c, 10, 0), 10);
 	fake_dup(31, 30);
 	fake_send_full(30, 1);
-	owner = co_fd_find(&ctx->fds, 30);
-	assert_int_equal(pthread_mutex_lock(&owner->lock), 0);
+	hold_start(&h, &co_fd_find(&ctx->fds, 30)->lock);
 	c.fd = 31;
 	assert_int_equal(app_write(ctx, &c, 10, MSG_DONTWAIT), -EAGAIN);
-	assert_int_equal(pthread_mutex_unlock(&owner->lock), 0);
+	hold_end(&h);
 	assert_int_equal(app_queued(ctx, 30), 10);
 	assert_false(co_fd_passes(ctx, 31));
 	assert_true(app_wire_is(&c, 10));
