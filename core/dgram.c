@@ -160,24 +160,27 @@ static enum co_counter dgram_unsupported(struct co_dgram *d, int flags, unsigned
 	return CO_ST_COUNT;
 }
 
-/* Appends one datagram record. Returns 0 or -ENOMEM. */
+/* Appends one datagram record (its padding left as it is: never sent or
+ * compared). Returns 0 or -ENOMEM. */
 static int dgram_append(struct co_ctx *ctx, struct co_fd *f, const struct iovec *iov,
 			int iovcnt, size_t total, const struct sockaddr *addr, socklen_t addrlen)
 {
-	static const char pad[CO_REC_ALIGN];
 	struct co_rec r = { .len = (uint32_t)total, .name_len = addr ? addrlen : 0 };
-	struct iovec head[3] = {
-		{ .iov_base = &r, .iov_len = sizeof(r) },
-		{ .iov_base = (void *)addr, .iov_len = r.name_len },
-		{ .iov_base = (void *)pad, .iov_len = CO_ALIGN(r.name_len) - r.name_len },
-	};
-	struct iovec tail = { .iov_base = (void *)pad, .iov_len = CO_ALIGN(total) - total };
+	char *p;
+	int i;
 
 	if (pending_reserve(&f->q, &ctx->sys, rec_size(&r)) < 0)
 		return -ENOMEM;
-	pending_append(&f->q, &ctx->sys, head, 3, sizeof(r) + CO_ALIGN(r.name_len));
-	pending_append(&f->q, &ctx->sys, iov, iovcnt, total);
-	pending_append(&f->q, &ctx->sys, &tail, 1, tail.iov_len);
+	p = pending_tail(&f->q);
+	memcpy(p, &r, sizeof(r));
+	if (r.name_len)
+		memcpy(p + sizeof(r), addr, r.name_len);
+	p += sizeof(r) + CO_ALIGN(r.name_len);
+	for (i = 0; i < iovcnt; i++) {
+		memcpy(p, iov[i].iov_base, iov[i].iov_len);
+		p += iov[i].iov_len;
+	}
+	pending_commit(&f->q, rec_size(&r));
 	f->dg->msgs++;
 	f->writes++;
 	f->wbytes += total;
@@ -233,7 +236,6 @@ ssize_t co__dgram_write(struct co_ctx *ctx, int fd, struct co_fd *f, const struc
 		co_stat_add(&ctx->stats, CO_ST_passthrough_nomem, 1);
 		return CO_PASSTHROUGH;
 	}
-	co_stat_add(&ctx->stats, CO_ST_dgrams_queued, 1);
 	co__sync_mark(ctx, fd, f);
 	if (d->msgs >= ctx->cfg.max_msgs || pending_len(&f->q) >= ctx->cfg.max_bytes)
 		co__flush_deferred(ctx, fd, f, CO_ST_flush_size, flags & MSG_DONTWAIT);

@@ -27,6 +27,18 @@ static inline size_t pending_len(const struct co_pending *q)
  * -ENOMEM. Appends of at most need bytes then cannot fail. */
 int pending_reserve(struct co_pending *q, const struct co_sys *sys, size_t need);
 
+/* After pending_reserve(q, sys, need): where the next bytes go; writing at
+ * most need bytes there, then pending_commit(q, n), appends them. */
+static inline char *pending_tail(struct co_pending *q)
+{
+	return q->data + q->tail;
+}
+
+static inline void pending_commit(struct co_pending *q, size_t n)
+{
+	q->tail += n;
+}
+
 /* Copies the total bytes described by iov to the end of the queue, growing
  * the buffer if needed. Returns 0, or -ENOMEM if the buffer could not grow
  * (the queue is then unchanged). */

@@ -24,6 +24,8 @@ void co__fold_writes(struct co_ctx *ctx, struct co_fd *f, int along)
 		co_stats_delay(&ctx->stats, waited(ctx, f), f->writes);
 	co_stat_add(&ctx->stats, CO_ST_writes_queued, f->writes);
 	co_stat_add(&ctx->stats, CO_ST_bytes_queued, f->wbytes);
+	if (f->dg)
+		co_stat_add(&ctx->stats, CO_ST_dgrams_queued, f->writes);
 	if (along)
 		co_stat_add(&ctx->stats, CO_ST_writes_sent_along, 1);
 	f->writes = 0;
@@ -92,6 +94,8 @@ void co__discard_locked(struct co_ctx *ctx, int fd, struct co_fd *f)
 
 	co_stat_add(&ctx->stats, CO_ST_writes_queued, f->writes);
 	co_stat_add(&ctx->stats, CO_ST_bytes_queued, f->wbytes);
+	if (f->dg)
+		co_stat_add(&ctx->stats, CO_ST_dgrams_queued, f->writes);
 	f->writes = 0;
 	f->wbytes = 0;
 	if (n) {

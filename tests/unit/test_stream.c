@@ -366,10 +366,11 @@ static void test_udp_datagrams_go_out_with_sendmmsg(void **state)
 		off += sizes[i];
 	}
 	assert_false(co_fd_passes(ctx, 30));
-	assert_int_equal(stat_of(ctx, CO_ST_dgrams_queued), 5);
 	assert_int_equal(app_queued(ctx, 30) > 0, 1);
 	co_flush_all_nowait(ctx, CO_ST_flush_read);
 	assert_int_equal(fake_sendmmsg_calls(), 1);
+	/* Counted when they leave the queue. */
+	assert_int_equal(stat_of(ctx, CO_ST_dgrams_queued), 5);
 	assert_int_equal(fake_send_calls(30), 1 + 5);
 	assert_int_equal(fake_last_call().offered, 64);
 	assert_memory_equal(fake_wire(30, &len), expect, off);
