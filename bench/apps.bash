@@ -461,13 +461,15 @@ scenario_apps() {
 # whose server made no io_uring submission (or lost its ring) is flagged: its figures are
 # writev's, not io_uring's.
 #   redis      redis-benchmark -c 1000 -t set, then -t get, without and with -P 16 (one server
-#              for SET and GET of each -P); its --csv gives rps and latency percentiles
+#              for SET and GET of each -P; BENCH_QUICK=1: without only); its --csv gives rps
+#              and latency percentiles
 #   memcached  bench_mcload (bench/bench_mcload.c): 1000 connections, closed loop, 90% get /
 #              10% set of 64-byte values, every reply checked; memcached -t 2
 UA_ARMS="plain shim writev uring auto"
 UA_CLIENTS=${BENCH_URING_APPS_CLIENTS:-1000}
 UA_REDIS_N1=$(q 60000 30000)              # requests per redis-benchmark test, -P 1
-UA_REDIS_N16=$(q 1000000 200000)          # the same, -P 16
+UA_REDIS_N16=1000000                      # the same, -P 16 (not run with BENCH_QUICK=1)
+UA_PIPES=$(q "1 16" "1")
 UA_MC_SECONDS=$(q 2 1)                    # seconds per bench_mcload run
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
@@ -530,6 +532,7 @@ ua_sum() {   # ua_sum NAME KEY: KEY summed over the recorded runs of NAME
 # the server must have run exactly N SET and N GET
 ua_redis_run() {
     local arm=$1 pipe=$2 n=$3 dir="ua_r_P$2_$1" port srv pid t c0 c1 out rc calls rps p50 p99
+    cut -d' ' -f1 /proc/loadavg >> "$TMP/ua.load"
     port=$(free_port) || { runfail "$dir" "no free port"; return; }
     ua_start "$arm" "$dir" "$TMP/redis.log" redis-server --port "$port" --bind 127.0.0.1 \
         --save "" --appendonly no --protected-mode no --maxclients 4096
@@ -566,6 +569,7 @@ ua_mc_run() {
     local arm=$1 dir="ua_mc_$1" port srv pid c0 c1 out rc line ops user=()
     port=$(free_port) || { runfail "$dir" "no free port"; return; }
     [ "$(id -u)" = 0 ] && user=(-u root)
+    cut -d' ' -f1 /proc/loadavg >> "$TMP/ua.load"
     ua_start "$arm" "$dir" "$TMP/memcached.log" memcached -l 127.0.0.1 -p "$port" -U 0 -t 2 \
         -c 4096 -b 2048 "${user[@]}"
     srv=$BGPID
@@ -589,19 +593,31 @@ ua_mc_run() {
     record "$dir" "$line cpu_us=$(us_per_req $((c1 - c0)) "$ops") ticks=$((c1 - c0))"
 }
 
+# pratio ARM_A ARM_B KEY: median over i of (run i of B / run i of A); the runs of one
+# repetition ran within seconds of each other, under the same load, so this resists the
+# machine's drift better than the ratio of the medians
+pratio() {
+    [ -s "$TMP/res.$1" ] && [ -s "$TMP/res.$2" ] || { echo "-"; return; }
+    paste -d' ' <(sed -n "s/.* $3=\([0-9.]*\).*/\1/p" "$TMP/res.$1") \
+                <(sed -n "s/.* $3=\([0-9.]*\).*/\1/p" "$TMP/res.$2") |
+        awk 'NF == 2 && $1 + 0 > 0 { print $2 / $1 }' | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) printf "%.2f\n", v[(NR + 1) / 2];
+              else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 # ua_table TITLE NAME_PATTERN RPS P50 P99: one table, NAME_PATTERN with ARM where the arm goes
 ua_table() {
-    local title=$1 pat=$2 krps=$3 kp50=$4 kp99=$5 arm name pr pp pc r p50 p99 c
-    pr=$(med "${pat//ARM/plain}" "$krps"); pp=$(med "${pat//ARM/plain}" "$kp99"); pc=$(med "${pat//ARM/plain}" cpu_us)
+    local title=$1 pat=$2 krps=$3 kp50=$4 kp99=$5 arm name pl
+    pl=${pat//ARM/plain}
     echo "  $title"
     printf '    %-32s %9s %6s %8s %8s %6s %8s %6s   %s\n' arm req/s x "p50 $UA_UNIT" "p99 $UA_UNIT" x \
         "CPU us/r" x "runs: req/s | p99 | CPU us/req"
     for arm in $UA_ARMS; do
         name=${pat//ARM/$arm}
-        r=$(med "$name" "$krps"); p50=$(med "$name" "$kp50"); p99=$(med "$name" "$kp99"); c=$(med "$name" cpu_us)
-        printf '    %-32s %9s %6s %8s %8s %6s %8s %6s   %s | %s | %s\n' "$(ua_label "$arm")" "$(fmt "$r")" \
-            "$(div "$r" "$pr")" "$p50" "$p99" "$(div "$p99" "$pp")" "$c" "$(div "$c" "$pc")" \
-            "$(vals "$name" "$krps")" "$(vals "$name" "$kp99")" "$(vals "$name" cpu_us)"
+        printf '    %-32s %9s %6s %8s %8s %6s %8s %6s   %s | %s | %s\n' "$(ua_label "$arm")" \
+            "$(fmt "$(med "$name" "$krps")")" "$(pratio "$pl" "$name" "$krps")" "$(fmt "$(med "$name" "$kp50")")" \
+            "$(fmt "$(med "$name" "$kp99")")" "$(pratio "$pl" "$name" "$kp99")" "$(fmt "$(med "$name" cpu_us)")" \
+            "$(pratio "$pl" "$name" cpu_us)" "$(vals "$name" "$krps")" "$(vals "$name" "$kp99")" "$(vals "$name" cpu_us)"
     done
 }
 
@@ -638,7 +654,7 @@ ua_stats() {
 }
 
 scenario_uring_apps() {
-    local _ cfg pipe n arm t have_redis=1 have_mc=1
+    local _ pipe n arm t have_redis=1 have_mc=1
     raise_nofile
     UA_FELL=0
     echo "uring_apps: redis-server and memcached with $UA_CLIENTS clients: plain, shim with its defaults, and"
@@ -648,10 +664,11 @@ scenario_uring_apps() {
     have "uring_apps: memcached" memcached || have_mc=0
     [ $have_redis = 1 ] || [ $have_mc = 1 ] || return 0
     printf '  runs '
+    : > "$TMP/ua.load"
     for _ in $(seq 1 "$REPS"); do
         if [ $have_redis = 1 ]; then
-            for cfg in "1:$UA_REDIS_N1" "16:$UA_REDIS_N16"; do
-                IFS=: read -r pipe n <<< "$cfg"
+            for pipe in $UA_PIPES; do
+                n=$UA_REDIS_N1; [ "$pipe" = 1 ] || n=$UA_REDIS_N16
                 for arm in $UA_ARMS; do ua_redis_run "$arm" "$pipe" "$n"; done
             done
         fi
@@ -660,13 +677,15 @@ scenario_uring_apps() {
         fi
     done
     echo
-    echo "  median of $REPS runs per arm; x: the arm's median / plain's median (req/s: above 1 is"
-    echo "  better; p99 and CPU: below 1 is better); CPU us/r: server CPU time (all threads, user +"
-    echo "  system, ticks of 1/$CLK_TCK s) per request served; load average now $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "  median of $REPS runs per arm; x: the median over the repetitions of (the arm's run / plain's"
+    echo "  run of the same repetition) (req/s: above 1 is better; p99 and CPU: below 1 is better);"
+    echo "  CPU us/r: server CPU time (all threads, user + system, ticks of 1/$CLK_TCK s) per request"
+    echo "  served; 1-minute load average over the runs: $(sort -g "$TMP/ua.load" | sed -n '1p;$p' | tr '\n' ' ' |
+        awk '{ printf "%s to %s", $1, $2 }'), now $(cut -d' ' -f1-3 /proc/loadavg)"
     if [ $have_redis = 1 ]; then
         UA_UNIT=ms
-        for cfg in "1:$UA_REDIS_N1" "16:$UA_REDIS_N16"; do
-            IFS=: read -r pipe n <<< "$cfg"
+        for pipe in $UA_PIPES; do
+            n=$UA_REDIS_N1; [ "$pipe" = 1 ] || n=$UA_REDIS_N16
             for t in set get; do
                 ua_table "redis $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p'): redis-benchmark -c $UA_CLIENTS -n $n -P $pipe -t $t" \
                     "ua_r_P${pipe}_ARM_$t" rps p50_ms p99_ms
