@@ -605,16 +605,27 @@ pratio() {
               else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-# ua_table TITLE NAME_PATTERN RPS P50 P99: one table, NAME_PATTERN with ARM where the arm goes
+# ua_fell NAME: how many recorded runs of NAME (a "_st" record) made no io_uring submission
+# or lost the ring
+ua_fell() {
+    [ -s "$TMP/res.$1" ] || { echo 0; return; }
+    awk '/ uring_submits=0 / || / uring_unavailable=[1-9]/ { c++ } END { print c + 0 }' "$TMP/res.$1"
+}
+
+# ua_table TITLE NAME_PATTERN RPS P50 P99 STATS_PATTERN: one table, NAME_PATTERN with ARM
+# where the arm goes; STATS_PATTERN names the arm's counters (a uring arm that did not use
+# io_uring in some run is marked)
 ua_table() {
-    local title=$1 pat=$2 krps=$3 kp50=$4 kp99=$5 arm name pl
+    local title=$1 pat=$2 krps=$3 kp50=$4 kp99=$5 spat=$6 arm name pl label
     pl=${pat//ARM/plain}
     echo "  $title"
     printf '    %-32s %9s %6s %8s %8s %6s %8s %6s   %s\n' arm req/s x "p50 $UA_UNIT" "p99 $UA_UNIT" x \
         "CPU us/r" x "runs: req/s | p99 | CPU us/req"
     for arm in $UA_ARMS; do
         name=${pat//ARM/$arm}
-        printf '    %-32s %9s %6s %8s %8s %6s %8s %6s   %s | %s | %s\n' "$(ua_label "$arm")" \
+        label=$(ua_label "$arm")
+        [ "$arm" != uring ] || [ "$(ua_fell "${spat//ARM/$arm}")" = 0 ] || label="$label FELL BACK"
+        printf '    %-32s %9s %6s %8s %8s %6s %8s %6s   %s | %s | %s\n' "$label" \
             "$(fmt "$(med "$name" "$krps")")" "$(pratio "$pl" "$name" "$krps")" "$(fmt "$(med "$name" "$kp50")")" \
             "$(fmt "$(med "$name" "$kp99")")" "$(pratio "$pl" "$name" "$kp99")" "$(fmt "$(med "$name" cpu_us)")" \
             "$(pratio "$pl" "$name" cpu_us)" "$(vals "$name" "$krps")" "$(vals "$name" "$kp99")" "$(vals "$name" cpu_us)"
@@ -631,19 +642,22 @@ ua_stats() {
         runs=$( [ -s "$TMP/res.$st" ] && wc -l < "$TMP/res.$st" || echo 0)
         q=$(ua_sum "$st" writes_queued); d=$(ua_sum "$st" writes_direct); f=$(ua_sum "$st" flush_syscalls)
         s=$(ua_sum "$st" uring_submits); u=$(ua_sum "$st" uring_sends); un=$(ua_sum "$st" uring_unavailable)
-        printf '    %-7s %s runs: %s writes queued, %s sent at once; %s send calls, %s of them io_uring submissions' \
-            "$arm:" "$runs" "$q" "$d" "$f" "$s"
-        if [ "$s" != 0 ]; then
-            printf ' carrying %s sends (%s per submission); ring share of sends %s%%' "$u" "$(div "$u" "$s")" \
-                "$(awk -v u="$u" -v f="$f" -v s="$s" 'BEGIN { printf "%.0f", 100 * u / (u + f - s) }')"
-        fi
-        [ "$un" = 0 ] || printf '; io_uring unavailable/lost in %s process(es)' "$un"
-        echo
+        {
+            printf '%-7s %s runs: %s writes queued, %s sent at once; %s send calls, %s of them io_uring submissions' \
+                "$arm:" "$runs" "$q" "$d" "$f" "$s"
+            if [ "$s" != 0 ]; then
+                printf ' carrying %s sends (%s per submission); ring share of sends %s%%' "$u" "$(div "$u" "$s")" \
+                    "$(awk -v u="$u" -v f="$f" -v s="$s" 'BEGIN { printf "%.0f", 100 * u / (u + f - s) }')"
+            fi
+            [ "$un" = 0 ] || printf '; io_uring unavailable/lost in %s process(es)' "$un"
+            [ "$q" = 0 ] || printf '; queues flushed by a wait %s, by a read %s, by the deadline %s' \
+                "$(ua_sum "$st" flush_wait)" "$(ua_sum "$st" flush_read)" "$(ua_sum "$st" flush_deadline)"
+            echo
+        } | fold -s -w 104 | sed 's/^/    /; 2,$s/^/        /'
         if [ "$arm" = uring ]; then
-            fell=$(awk '{ s = 0; n = 0 } / uring_submits=0 / { s = 1 } / uring_unavailable=[1-9]/ { n = 1 } s || n { c++ }
-                        END { print c + 0 }' "$TMP/res.$st" 2>/dev/null)
-            if [ "${fell:-0}" != 0 ] || [ "$runs" = 0 ]; then
-                echo "    WARNING: the uring arm fell back to writev (no io_uring submission or ring lost) in ${fell:-?} of $runs runs:"
+            fell=$(ua_fell "$st")
+            if [ "$fell" != 0 ] || [ "$runs" = 0 ]; then
+                echo "    WARNING: the uring arm fell back to writev (no io_uring submission or ring lost) in $fell of $runs runs:"
                 echo "    its figures above are NOT io_uring's"
                 UA_FELL=1
             else
@@ -688,7 +702,7 @@ scenario_uring_apps() {
             n=$UA_REDIS_N1; [ "$pipe" = 1 ] || n=$UA_REDIS_N16
             for t in set get; do
                 ua_table "redis $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p'): redis-benchmark -c $UA_CLIENTS -n $n -P $pipe -t $t" \
-                    "ua_r_P${pipe}_ARM_$t" rps p50_ms p99_ms
+                    "ua_r_P${pipe}_ARM_$t" rps p50_ms p99_ms "ua_r_P${pipe}_ARM_st"
             done
             echo "  shim counters, -P $pipe (SET and GET servers):"
             ua_stats "ua_r_P${pipe}_ARM"
@@ -697,7 +711,7 @@ scenario_uring_apps() {
     if [ $have_mc = 1 ]; then
         UA_UNIT=us
         ua_table "memcached $(memcached -V 2>&1 | awk '{print $2}') -t 2: bench_mcload, $UA_CLIENTS connections, $UA_MC_SECONDS s, 90% get / 10% set, 64 B values, every reply checked" \
-            "ua_mc_ARM" rps p50_us p99_us
+            "ua_mc_ARM" rps p50_us p99_us "ua_mc_ARM_st"
         echo "  shim counters:"
         ua_stats "ua_mc_ARM"
     fi
