@@ -466,6 +466,7 @@ scenario_apps() {
 #   memcached  bench_mcload (bench/bench_mcload.c): 1000 connections, closed loop, 90% get /
 #              10% set of 64-byte values, every reply checked; memcached -t 2
 UA_ARMS="plain shim writev uring auto"
+UA_APPS=${BENCH_URING_APPS:-redis memcached}
 UA_CLIENTS=${BENCH_URING_APPS_CLIENTS:-1000}
 UA_REDIS_N1=$(q 60000 30000)              # requests per redis-benchmark test, -P 1
 UA_REDIS_N16=1000000                      # the same, -P 16 (not run with BENCH_QUICK=1)
@@ -674,8 +675,10 @@ scenario_uring_apps() {
     echo "uring_apps: redis-server and memcached with $UA_CLIENTS clients: plain, shim with its defaults, and"
     echo "  the writev / uring / auto flush backends with COALESCE_DIRECT=0; arms alternated, one fresh"
     echo "  server per run; load average $(cut -d' ' -f1-3 /proc/loadavg), ulimit -n $(ulimit -n)"
-    have "uring_apps: redis" redis-server redis-benchmark redis-cli || have_redis=0
-    have "uring_apps: memcached" memcached || have_mc=0
+    case " $UA_APPS " in *" redis "*) have "uring_apps: redis" redis-server redis-benchmark redis-cli || have_redis=0 ;;
+                         *) have_redis=0 ;; esac
+    case " $UA_APPS " in *" memcached "*) have "uring_apps: memcached" memcached || have_mc=0 ;;
+                         *) have_mc=0 ;; esac
     [ $have_redis = 1 ] || [ $have_mc = 1 ] || return 0
     printf '  runs '
     : > "$TMP/ua.load"

@@ -31,6 +31,7 @@
 #   BENCH_DGRAM_COUNT     datagrams per run in dgram (default 100000, quick 30000)
 #   BENCH_APPS            real programs to run in apps (default: sockperf redis memcached
 #                         mosquitto socat)
+#   BENCH_URING_APPS      programs of uring_apps (default: redis memcached)
 #   BENCH_URING_APPS_CLIENTS  clients of redis and memcached in uring_apps (default 1000)
 #   BENCH_OUT             build directory for the binaries (default ./build/bench)
 #   COALESCE_LIB          library to test (default ./build/libcoalesce.so); it is copied at
