@@ -516,7 +516,8 @@ ua_keep_stats() {
     local dir=$2 k line="RESULT"
     [ "$1" = plain ] && return
     for k in writes_queued writes_direct flush_syscalls flush_wait flush_read flush_deadline \
-             uring_submits uring_sends uring_unavailable; do
+             uring_submits uring_sends uring_unavailable flush_eagain flush_nobufs deferred_errors \
+             bytes_dropped closes_handed_over passthrough_reentrant; do
         line="$line $k=$(counter "$dir" "$k" | sed 's/^-$/0/')"
     done
     line="$line files=$(ls "$TMP/st/$dir"/*.json 2>/dev/null | wc -l)"
@@ -610,7 +611,7 @@ pratio() {
 # or lost the ring
 ua_fell() {
     [ -s "$TMP/res.$1" ] || { echo 0; return; }
-    awk '/ uring_submits=0 / || / uring_unavailable=[1-9]/ { c++ } END { print c + 0 }' "$TMP/res.$1"
+    awk '/ uring_submits=0 / || / uring_unavailable=[1-9]/ || / files=0/ { c++ } END { print c + 0 }' "$TMP/res.$1"
 }
 
 # ua_table TITLE NAME_PATTERN RPS P50 P99 STATS_PATTERN: one table, NAME_PATTERN with ARM
@@ -636,7 +637,7 @@ ua_table() {
 # ua_stats NAME_PATTERN: what the shim did in each shimmed arm, summed over its runs; flags a
 # uring arm that did not send through io_uring
 ua_stats() {
-    local pat=$1 arm st q d f s u un runs fell
+    local pat=$1 arm st q d f s u un runs fell k v
     for arm in $UA_ARMS; do
         [ "$arm" = plain ] && continue
         st="${pat//ARM/$arm}_st"
@@ -653,13 +654,17 @@ ua_stats() {
             [ "$un" = 0 ] || printf '; io_uring unavailable/lost in %s process(es)' "$un"
             [ "$q" = 0 ] || printf '; queues flushed by a wait %s, by a read %s, by the deadline %s' \
                 "$(ua_sum "$st" flush_wait)" "$(ua_sum "$st" flush_read)" "$(ua_sum "$st" flush_deadline)"
+            for k in flush_eagain flush_nobufs deferred_errors bytes_dropped closes_handed_over passthrough_reentrant; do
+                v=$(ua_sum "$st" "$k")
+                [ "$v" = 0 ] || printf '; %s %s' "$k" "$v"
+            done
             echo
         } | fold -s -w 104 | sed 's/^/    /; 2,$s/^/        /'
         if [ "$arm" = uring ]; then
             fell=$(ua_fell "$st")
             if [ "$fell" != 0 ] || [ "$runs" = 0 ]; then
-                echo "    WARNING: the uring arm fell back to writev (no io_uring submission or ring lost) in $fell of $runs runs:"
-                echo "    its figures above are NOT io_uring's"
+                echo "    WARNING: the uring arm fell back to writev in $fell of $runs runs (no io_uring submission,"
+                echo "    ring lost, or no counters written): its figures above are NOT io_uring's"
                 UA_FELL=1
             else
                 echo "    confirmed: every uring run sent its batches through io_uring (uring_submits > 0, ring never lost)"
