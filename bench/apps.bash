@@ -659,7 +659,7 @@ ua_stats() {
                 [ "$v" = 0 ] || printf '; %s %s' "$k" "$v"
             done
             echo
-        } | fold -s -w 104 | sed 's/^/    /; 2,$s/^/        /'
+        } | fold -s -w 104 | sed 's/ *$//; s/^/    /; 2,$s/^/        /'
         if [ "$arm" = uring ]; then
             fell=$(ua_fell "$st")
             if [ "$fell" != 0 ] || [ "$runs" = 0 ]; then
