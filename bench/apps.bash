@@ -1,6 +1,8 @@
 # The "apps" scenario of bench/run.sh: real programs, unmodified, with their own load
-# generators, plain and under the shim, alternating. Sourced by bench/run.sh, never run; it
-# uses run.sh's helpers (shim_env, record, runfail, med, vals, div, stats_line, BGPIDS).
+# generators, plain and under the shim, alternating; and the "uring_apps" scenario (at the
+# end of this file): redis and memcached with 1000 clients under the shim's flush backends.
+# Sourced by bench/run.sh, never run; it uses run.sh's helpers (shim_env, record, runfail,
+# med, vals, div, counter, stats_line, BGPIDS).
 #
 #   sockperf   `sockperf tp` (throughput, 64-byte messages, Nagle as sockperf sets it, and
 #              again with TCP_NODELAY) and `sockperf pp` (ping-pong latency); shim in the client;
@@ -34,6 +36,11 @@ have() {   # have PART TOOL...: every TOOL is installed, or PART prints why it i
             return 1
         fi
     done
+}
+
+raise_nofile() {   # 1000 clients need more descriptors than a default soft limit of 1024
+    [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge 8192 ] || ulimit -n 8192 2>/dev/null ||
+        ulimit -n "$(ulimit -Hn)"
 }
 
 # ---- ports and background processes ---------------------------------------------------------
@@ -421,9 +428,7 @@ app_socat() {
 
 scenario_apps() {
     local a t0
-    # 1000 redis clients need more descriptors than a default soft limit of 1024
-    [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge 8192 ] || ulimit -n 8192 2>/dev/null ||
-        ulimit -n "$(ulimit -Hn)"
+    raise_nofile
     echo "apps: real programs, unmodified, plain and under the shim, alternating; ratio > 1: the shim is better"
     echo
     for a in $APPS; do
@@ -437,4 +442,286 @@ scenario_apps() {
             *) echo "apps: unknown program '$a' in BENCH_APPS"; echo ;;
         esac
     done
+}
+
+# ---- uring_apps: the io_uring flush backend under redis and memcached, 1000 clients ----------
+#
+# Five arms, alternated run by run (A B C D E A B C D E ...), one fresh server per run:
+#   plain   no shim
+#   shim    the shim with its defaults (COALESCE_BACKEND=auto, COALESCE_DIRECT=1)
+#   writev  COALESCE_BACKEND=writev COALESCE_DIRECT=0
+#   uring   COALESCE_BACKEND=uring  COALESCE_DIRECT=0
+#   auto    COALESCE_BACKEND=auto   COALESCE_DIRECT=0
+# With COALESCE_DIRECT=1 an event-loop server's lone reply is sent at once, no batch of many
+# queues forms and the backend is never used; DIRECT=0 queues every reply, so that the flush
+# before epoll_wait (or a read) finds the replies of the whole loop turn. Per arm: requests
+# per second, p50 and p99 latency (the load generator's), and the server's CPU time (utime +
+# stime of all its threads, /proc/PID/stat, sampled before and after the load; clock ticks of
+# 1/CLK_TCK s) per request served. The shim's counters of every run are kept; a uring arm
+# whose server made no io_uring submission (or lost its ring) is flagged: its figures are
+# writev's, not io_uring's.
+#   redis      redis-benchmark -c 1000 -t set, then -t get, without and with -P 16 (one server
+#              for SET and GET of each -P; BENCH_QUICK=1: without only); its --csv gives rps
+#              and latency percentiles
+#   memcached  bench_mcload (bench/bench_mcload.c): 1000 connections, closed loop, 90% get /
+#              10% set of 64-byte values, every reply checked; memcached -t 2
+UA_ARMS="plain shim writev uring auto"
+UA_APPS=${BENCH_URING_APPS:-redis memcached}
+UA_CLIENTS=${BENCH_URING_APPS_CLIENTS:-1000}
+UA_REDIS_N1=$(q 60000 30000)              # requests per redis-benchmark test, -P 1
+UA_REDIS_N16=1000000                      # the same, -P 16 (not run with BENCH_QUICK=1)
+UA_PIPES=$(q "1 16" "1")
+UA_MC_SECONDS=$(q 2 1)                    # seconds per bench_mcload run
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+ua_label() {
+    case $1 in
+        plain)  echo "plain (no shim)" ;;
+        shim)   echo "shim, defaults (auto, DIRECT=1)" ;;
+        writev) echo "shim, writev, DIRECT=0" ;;
+        uring)  echo "shim, uring, DIRECT=0" ;;
+        auto)   echo "shim, auto, DIRECT=0" ;;
+    esac
+}
+
+# ua_start ARM ARMDIR LOG CMD...: starts a server in the background as start_bg does, with the
+# settings of ARM; sets BGPID (the `timeout` wrapping it)
+ua_start() {
+    local arm=$1 dir=$2 log=$3 shim=1
+    shift 3
+    case $arm in
+        plain)  shim=0; SHIM_EXTRA=() ;;
+        shim)   SHIM_EXTRA=(COALESCE_BACKEND=auto COALESCE_DIRECT=1) ;;
+        *)      SHIM_EXTRA=(COALESCE_BACKEND="$arm" COALESCE_DIRECT=0) ;;
+    esac
+    start_bg "$shim" "$dir" "$log" "$@"
+    # shellcheck disable=SC2034   # read by run.sh's shim_env
+    SHIM_EXTRA=()
+}
+
+# child_pid PID: the process `timeout` PID runs (the server itself: env execs it)
+child_pid() { awk '{ print $1; exit }' "/proc/$1/task/$1/children" 2>/dev/null; }
+
+cpu_ticks() {   # cpu_ticks PID: utime + stime of every thread of PID, living or ended
+    sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'
+}
+
+us_per_req() {   # us_per_req TICKS REQUESTS
+    awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { if (n + 0 == 0 || t == "") print "-"; else printf "%.2f", t * 1e6 / hz / n }'
+}
+
+# ua_keep_stats ARM DIR: records the counters of the run just done (stats files in $TMP/st/DIR)
+# as one "RESULT" line of "DIR_st"
+ua_keep_stats() {
+    local dir=$2 k line="RESULT"
+    [ "$1" = plain ] && return
+    for k in writes_queued writes_direct flush_syscalls flush_wait flush_read flush_deadline \
+             uring_submits uring_sends uring_unavailable flush_eagain flush_nobufs deferred_errors \
+             bytes_dropped closes_handed_over passthrough_reentrant; do
+        line="$line $k=$(counter "$dir" "$k" | sed 's/^-$/0/')"
+    done
+    line="$line files=$(ls "$TMP/st/$dir"/*.json 2>/dev/null | wc -l)"
+    echo "$line" >> "$TMP/res.${dir}_st"
+}
+
+ua_sum() {   # ua_sum NAME KEY: KEY summed over the recorded runs of NAME
+    [ -s "$TMP/res.$1" ] || { echo 0; return; }
+    sed -n "s/.* $2=\([0-9.]*\).*/\1/p" "$TMP/res.$1" | awk '{ s += $1 } END { print s + 0 }'
+}
+
+# ua_redis_run ARM PIPE N: a fresh redis-server with ARM's settings; redis-benchmark -t set,
+# then -t get, each N requests from UA_CLIENTS clients, the server's CPU sampled around each;
+# the server must have run exactly N SET and N GET
+ua_redis_run() {
+    local arm=$1 pipe=$2 n=$3 dir="ua_r_P$2_$1" port srv pid t c0 c1 out rc calls rps p50 p99
+    cut -d' ' -f1 /proc/loadavg >> "$TMP/ua.load"
+    port=$(free_port) || { runfail "$dir" "no free port"; return; }
+    ua_start "$arm" "$dir" "$TMP/redis.log" redis-server --port "$port" --bind 127.0.0.1 \
+        --save "" --appendonly no --protected-mode no --maxclients 4096
+    srv=$BGPID
+    if ! wait_listen "$port" "$srv" || ! pid=$(child_pid "$srv") || [ -z "$pid" ]; then
+        runfail "$dir" "redis-server did not listen: $(tail -n 3 "$TMP/redis.log")"
+        stop_bg "$srv" KILL
+        return
+    fi
+    for t in set get; do
+        c0=$(cpu_ticks "$pid")
+        out=$(timeout -k 5 120 env -u LD_PRELOAD redis-benchmark -h 127.0.0.1 -p "$port" \
+              -c "$UA_CLIENTS" -n "$n" -P "$pipe" -t "$t" --csv 2>&1); rc=$?
+        c1=$(cpu_ticks "$pid")
+        # "SET","rps","avg","min","p50","p95","p99","max" (milliseconds)
+        IFS=, read -r rps p50 p99 <<< "$(sed -n 's/^"[A-Z]*","\([0-9.]*\)","[0-9.]*","[0-9.]*","\([0-9.]*\)","[0-9.]*","\([0-9.]*\)".*/\1,\2,\3/p' <<< "$out")"
+        if [ $rc != 0 ] || [ -z "$rps" ] || [ -z "$p99" ]; then
+            runfail "$dir" "redis-benchmark -t $t exited $rc: $(tail -n 3 <<< "$out")"
+            stop_bg "$srv" KILL
+            return
+        fi
+        record "${dir}_$t" "RESULT rps=$rps p50_ms=$p50 p99_ms=$p99 cpu_us=$(us_per_req $((c1 - c0)) "$n") ticks=$((c1 - c0))"
+    done
+    calls=$(timeout 10 env -u LD_PRELOAD redis-cli -h 127.0.0.1 -p "$port" info commandstats 2>&1)
+    stop_bg "$srv" TERM
+    ua_keep_stats "$arm" "$dir"
+    if ! grep -q "^cmdstat_set:calls=$n," <<< "$calls" || ! grep -q "^cmdstat_get:calls=$n," <<< "$calls"; then
+        runfail "$dir" "the server did not run $n SET and $n GET: $(grep -E 'cmdstat_(set|get):' <<< "$calls" | tr '\n' ' ')"
+    fi
+}
+
+# ua_mc_run ARM: a fresh memcached with ARM's settings, bench_mcload for UA_MC_SECONDS
+ua_mc_run() {
+    local arm=$1 dir="ua_mc_$1" port srv pid c0 c1 out rc line ops user=()
+    port=$(free_port) || { runfail "$dir" "no free port"; return; }
+    [ "$(id -u)" = 0 ] && user=(-u root)
+    cut -d' ' -f1 /proc/loadavg >> "$TMP/ua.load"
+    ua_start "$arm" "$dir" "$TMP/memcached.log" memcached -l 127.0.0.1 -p "$port" -U 0 -t 2 \
+        -c 4096 -b 2048 "${user[@]}"
+    srv=$BGPID
+    if ! wait_listen "$port" "$srv" || ! pid=$(child_pid "$srv") || [ -z "$pid" ]; then
+        runfail "$dir" "memcached did not listen: $(tail -n 3 "$TMP/memcached.log")"
+        stop_bg "$srv" KILL
+        return
+    fi
+    c0=$(cpu_ticks "$pid")
+    out=$(timeout -k 5 60 env -u LD_PRELOAD "$OUT/bench_mcload" 127.0.0.1 "$port" "$UA_CLIENTS" \
+          "$UA_MC_SECONDS" 64 10 2>&1); rc=$?
+    c1=$(cpu_ticks "$pid")
+    stop_bg "$srv" TERM
+    ua_keep_stats "$arm" "$dir"
+    line=$(grep '^RESULT ' <<< "$out")
+    ops=$(sed -n 's/.* ops=\([0-9]*\).*/\1/p' <<< "$line")
+    if [ $rc != 0 ] || [ -z "$ops" ]; then
+        runfail "$dir" "bench_mcload exited $rc: $(tail -n 3 <<< "$out")"
+        return
+    fi
+    record "$dir" "$line cpu_us=$(us_per_req $((c1 - c0)) "$ops") ticks=$((c1 - c0))"
+}
+
+# pratio ARM_A ARM_B KEY: median over i of (run i of B / run i of A); the runs of one
+# repetition ran within seconds of each other, under the same load, so this resists the
+# machine's drift better than the ratio of the medians
+pratio() {
+    [ -s "$TMP/res.$1" ] && [ -s "$TMP/res.$2" ] || { echo "-"; return; }
+    paste -d' ' <(sed -n "s/.* $3=\([0-9.]*\).*/\1/p" "$TMP/res.$1") \
+                <(sed -n "s/.* $3=\([0-9.]*\).*/\1/p" "$TMP/res.$2") |
+        awk 'NF == 2 && $1 + 0 > 0 { print $2 / $1 }' | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) printf "%.2f\n", v[(NR + 1) / 2];
+              else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# ua_fell NAME: how many recorded runs of NAME (a "_st" record) made no io_uring submission
+# or lost the ring
+ua_fell() {
+    [ -s "$TMP/res.$1" ] || { echo 0; return; }
+    awk '/ uring_submits=0 / || / uring_unavailable=[1-9]/ || / files=0/ { c++ } END { print c + 0 }' "$TMP/res.$1"
+}
+
+# ua_table TITLE NAME_PATTERN RPS P50 P99 STATS_PATTERN: one table, NAME_PATTERN with ARM
+# where the arm goes; STATS_PATTERN names the arm's counters (a uring arm that did not use
+# io_uring in some run is marked)
+ua_table() {
+    local title=$1 pat=$2 krps=$3 kp50=$4 kp99=$5 spat=$6 arm name pl label
+    pl=${pat//ARM/plain}
+    echo "  $title"
+    printf '    %-32s %9s %6s %8s %8s %6s %8s %6s   %s\n' arm req/s x "p50 $UA_UNIT" "p99 $UA_UNIT" x \
+        "CPU us/r" x "runs: req/s | p99 | CPU us/req"
+    for arm in $UA_ARMS; do
+        name=${pat//ARM/$arm}
+        label=$(ua_label "$arm")
+        [ "$arm" != uring ] || [ "$(ua_fell "${spat//ARM/$arm}")" = 0 ] || label="$label FELL BACK"
+        printf '    %-32s %9s %6s %8s %8s %6s %8s %6s   %s | %s | %s\n' "$label" \
+            "$(fmt "$(med "$name" "$krps")")" "$(pratio "$pl" "$name" "$krps")" "$(fmt "$(med "$name" "$kp50")")" \
+            "$(fmt "$(med "$name" "$kp99")")" "$(pratio "$pl" "$name" "$kp99")" "$(fmt "$(med "$name" cpu_us)")" \
+            "$(pratio "$pl" "$name" cpu_us)" "$(vals "$name" "$krps")" "$(vals "$name" "$kp99")" "$(vals "$name" cpu_us)"
+    done
+}
+
+# ua_stats NAME_PATTERN: what the shim did in each shimmed arm, summed over its runs; flags a
+# uring arm that did not send through io_uring
+ua_stats() {
+    local pat=$1 arm st q d f s u un runs fell k v
+    for arm in $UA_ARMS; do
+        [ "$arm" = plain ] && continue
+        st="${pat//ARM/$arm}_st"
+        runs=$( [ -s "$TMP/res.$st" ] && wc -l < "$TMP/res.$st" || echo 0)
+        q=$(ua_sum "$st" writes_queued); d=$(ua_sum "$st" writes_direct); f=$(ua_sum "$st" flush_syscalls)
+        s=$(ua_sum "$st" uring_submits); u=$(ua_sum "$st" uring_sends); un=$(ua_sum "$st" uring_unavailable)
+        {
+            printf '%-7s %s runs: %s writes queued, %s sent at once; %s send calls, %s of them io_uring submissions' \
+                "$arm:" "$runs" "$q" "$d" "$f" "$s"
+            if [ "$s" != 0 ]; then
+                printf ' carrying %s sends (%s per submission); ring share of sends %s%%' "$u" "$(div "$u" "$s")" \
+                    "$(awk -v u="$u" -v f="$f" -v s="$s" 'BEGIN { printf "%.0f", 100 * u / (u + f - s) }')"
+            fi
+            [ "$un" = 0 ] || printf '; io_uring unavailable/lost in %s process(es)' "$un"
+            [ "$q" = 0 ] || printf '; queues flushed by a wait %s, by a read %s, by the deadline %s' \
+                "$(ua_sum "$st" flush_wait)" "$(ua_sum "$st" flush_read)" "$(ua_sum "$st" flush_deadline)"
+            for k in flush_eagain flush_nobufs deferred_errors bytes_dropped closes_handed_over passthrough_reentrant; do
+                v=$(ua_sum "$st" "$k")
+                [ "$v" = 0 ] || printf '; %s %s' "$k" "$v"
+            done
+            echo
+        } | fold -s -w 104 | sed 's/ *$//; s/^/    /; 2,$s/^/        /'
+        if [ "$arm" = uring ]; then
+            fell=$(ua_fell "$st")
+            if [ "$fell" != 0 ] || [ "$runs" = 0 ]; then
+                echo "    WARNING: the uring arm fell back to writev in $fell of $runs runs (no io_uring submission,"
+                echo "    ring lost, or no counters written): its figures above are NOT io_uring's"
+                UA_FELL=1
+            else
+                echo "    confirmed: every uring run sent its batches through io_uring (uring_submits > 0, ring never lost)"
+            fi
+        fi
+    done
+}
+
+scenario_uring_apps() {
+    local _ pipe n arm t have_redis=1 have_mc=1
+    raise_nofile
+    UA_FELL=0
+    echo "uring_apps: redis-server and memcached with $UA_CLIENTS clients: plain, shim with its defaults, and"
+    echo "  the writev / uring / auto flush backends with COALESCE_DIRECT=0; arms alternated, one fresh"
+    echo "  server per run; load average $(cut -d' ' -f1-3 /proc/loadavg), ulimit -n $(ulimit -n)"
+    case " $UA_APPS " in *" redis "*) have "uring_apps: redis" redis-server redis-benchmark redis-cli || have_redis=0 ;;
+                         *) have_redis=0 ;; esac
+    case " $UA_APPS " in *" memcached "*) have "uring_apps: memcached" memcached || have_mc=0 ;;
+                         *) have_mc=0 ;; esac
+    [ $have_redis = 1 ] || [ $have_mc = 1 ] || return 0
+    printf '  runs '
+    : > "$TMP/ua.load"
+    for _ in $(seq 1 "$REPS"); do
+        if [ $have_redis = 1 ]; then
+            for pipe in $UA_PIPES; do
+                n=$UA_REDIS_N1; [ "$pipe" = 1 ] || n=$UA_REDIS_N16
+                for arm in $UA_ARMS; do ua_redis_run "$arm" "$pipe" "$n"; done
+            done
+        fi
+        if [ $have_mc = 1 ]; then
+            for arm in $UA_ARMS; do ua_mc_run "$arm"; done
+        fi
+    done
+    echo
+    echo "  median of $REPS runs per arm; x: the median over the repetitions of (the arm's run / plain's"
+    echo "  run of the same repetition) (req/s: above 1 is better; p99 and CPU: below 1 is better);"
+    echo "  CPU us/r: server CPU time (all threads, user + system, ticks of 1/$CLK_TCK s) per request"
+    echo "  served; 1-minute load average over the runs: $(sort -g "$TMP/ua.load" | sed -n '1p;$p' | tr '\n' ' ' |
+        awk '{ printf "%s to %s", $1, $2 }'), now $(cut -d' ' -f1-3 /proc/loadavg)"
+    if [ $have_redis = 1 ]; then
+        UA_UNIT=ms
+        for pipe in $UA_PIPES; do
+            n=$UA_REDIS_N1; [ "$pipe" = 1 ] || n=$UA_REDIS_N16
+            for t in set get; do
+                ua_table "redis $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p'): redis-benchmark -c $UA_CLIENTS -n $n -P $pipe -t $t" \
+                    "ua_r_P${pipe}_ARM_$t" rps p50_ms p99_ms "ua_r_P${pipe}_ARM_st"
+            done
+            echo "  shim counters, -P $pipe (SET and GET servers):"
+            ua_stats "ua_r_P${pipe}_ARM"
+        done
+    fi
+    if [ $have_mc = 1 ]; then
+        UA_UNIT=us
+        ua_table "memcached $(memcached -V 2>&1 | awk '{print $2}') -t 2: bench_mcload, $UA_CLIENTS connections, $UA_MC_SECONDS s, 90% get / 10% set, 64 B values, every reply checked" \
+            "ua_mc_ARM" rps p50_us p99_us "ua_mc_ARM_st"
+        echo "  shim counters:"
+        ua_stats "ua_mc_ARM"
+    fi
+    [ $UA_FELL = 0 ] || echo "  WARNING: some uring runs did not use io_uring (see above): their figures measure writev"
 }

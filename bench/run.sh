@@ -12,6 +12,8 @@
 #   dgram    64-byte UDP datagrams: send, sendmmsg, GSO, shim, random sizes, 4 destinations
 #   uring    64-byte replies from an epoll server to N clients: plain, shim with the writev
 #            and io_uring flush backends (docs/design.md, "io_uring backend")
+#   uring_apps  redis-server and memcached with 1000 clients: plain, shim with its defaults,
+#            shim with the writev / uring / auto backends and COALESCE_DIRECT=0 (bench/apps.bash)
 #
 # Env (all optional):
 #   BENCH_ONLY            scenarios to run, separated by commas or spaces (as the arguments)
@@ -29,6 +31,8 @@
 #   BENCH_DGRAM_COUNT     datagrams per run in dgram (default 100000, quick 30000)
 #   BENCH_APPS            real programs to run in apps (default: sockperf redis memcached
 #                         mosquitto socat)
+#   BENCH_URING_APPS      programs of uring_apps (default: redis memcached)
+#   BENCH_URING_APPS_CLIENTS  clients of redis and memcached in uring_apps (default 1000)
 #   BENCH_OUT             build directory for the binaries (default ./build/bench)
 #   COALESCE_LIB          library to test (default ./build/libcoalesce.so); it is copied at
 #                         start, so a rebuild during the run does not change what is measured
@@ -55,7 +59,7 @@ DG_COUNT=${BENCH_DGRAM_COUNT:-$(q 100000 30000)}
 APPS=${BENCH_APPS:-sockperf redis memcached mosquitto socat}
 OUT=${BENCH_OUT:-./build/bench}
 CC=${CC:-cc}
-ALL_SCENARIOS="stream matrix rr nonsock apps dgram uring"
+ALL_SCENARIOS="stream matrix rr nonsock apps dgram uring uring_apps"
 
 if [ $# -gt 0 ]; then
     SCENARIOS="$*"
@@ -77,7 +81,7 @@ if [ ! -f "$LIB_SRC" ]; then
 fi
 mkdir -p "$OUT" || exit 2
 OUT=$(cd "$OUT" && pwd)
-for p in bench_stream bench_matrix bench_rr bench_nonsock bench_dgram bench_uring; do
+for p in bench_stream bench_matrix bench_rr bench_nonsock bench_dgram bench_uring bench_mcload; do
     if ! $CC -O2 -Wall -Wextra -o "$OUT/$p" "$HERE/$p.c"; then
         echo "bench: failed to compile $HERE/$p.c" >&2
         exit 2
@@ -101,12 +105,14 @@ FAILED=0
 # ---- running arms ---------------------------------------------------------------------------
 
 # shim_env SHIM ARM: sets ENVC, the command prefix for one run of ARM. SHIM=1: the shim,
-# writing its stats into $TMP/st/ARM (emptied first, so it holds the last run's files);
-# SHIM=off: the shim with COALESCE_DISABLE=1; SHIM=0: no shim.
+# writing its stats into $TMP/st/ARM (emptied first, so it holds the last run's files), with
+# the settings of the array SHIM_EXTRA (VAR=VALUE...) added; SHIM=off: the shim with
+# COALESCE_DISABLE=1; SHIM=0: no shim.
+SHIM_EXTRA=()
 shim_env() {
     case $1 in
         1)   rm -rf "$TMP/st/$2"; mkdir -p "$TMP/st/$2"
-             ENVC=(env LD_PRELOAD="$LIB" COALESCE_STATS="$TMP/st/$2/%p.json") ;;
+             ENVC=(env LD_PRELOAD="$LIB" COALESCE_STATS="$TMP/st/$2/%p.json" ${SHIM_EXTRA[@]+"${SHIM_EXTRA[@]}"}) ;;
         off) ENVC=(env -u COALESCE_STATS LD_PRELOAD="$LIB" COALESCE_DISABLE=1) ;;
         *)   ENVC=(env -u LD_PRELOAD -u COALESCE_STATS) ;;
     esac
