@@ -40,6 +40,14 @@ if [ -z "${STRESS_NO_SHIM:-}" ] || [ "${STRESS_NO_SHIM:-}" = 0 ]; then
 	for l in $COALESCE_LIB; do
 		[ -f "$l" ] || { echo "$0: $l not found (run make)" >&2; exit 2; }
 	done
+	# TSan's runtime before the shim makes TSan blind to the fd locks taken
+	# in the waits it intercepts: false races (tests/stress/README.md).
+	case " $COALESCE_LIB " in
+	*/libtsan.so*" "*libcoalesce*)
+		echo "$0: COALESCE_LIB: list the TSan runtime after the shim, not before" >&2
+		exit 2
+		;;
+	esac
 fi
 # The harness reports its own timeout (what each thread was doing) before ours.
 STRESS_TIMEOUT=${STRESS_TIMEOUT:-$((limit > 15 ? limit - 5 : limit))}
