@@ -93,7 +93,7 @@ $(BUILD)/tsan/libcoalesce.so: $(CORE_SRC) $(SHIM_SRC) tests/unit/tsan_clocklock.
 deps:
 	$(Q)scripts/setup-deps.sh
 
-tests: $(LIB) $(UNIT_BIN) $(INTEG_BIN) $(BUILD)/asan/libcoalesce.so
+tests: $(LIB) $(UNIT_BIN) $(INTEG_BIN) $(BUILD)/asan/libcoalesce.so $(BUILD)/tsan/libcoalesce.so
 
 test: deps
 	$(Q)$(MAKE) --no-print-directory tests

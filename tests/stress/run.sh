@@ -67,7 +67,8 @@ fi
 
 # The settings a replay needs besides the seed.
 replay_env="COALESCE_LIB='$COALESCE_LIB'"
-for v in STRESS_NO_SHIM STRESS_SCALE STRESS_WRAP STRESS_WRITER_ENV ASAN_OPTIONS UBSAN_OPTIONS; do
+for v in STRESS_NO_SHIM STRESS_SCALE STRESS_WRAP STRESS_WRITER_ENV ASAN_OPTIONS UBSAN_OPTIONS \
+	TSAN_OPTIONS; do
 	eval "val=\${$v:-}"
 	[ -n "$val" ] && replay_env="$replay_env $v='$val'"
 done
