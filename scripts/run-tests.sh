@@ -98,7 +98,7 @@ fi
 # the shim's flusher thread, which TSan refuses after a multithreaded fork
 # unless die_after_fork=0; halt_on_error makes a report end the writer, so
 # that endings whose exit status TSan cannot set (SIGTERM, exec) fail too;
-# tsan.supp says why its one suppression is there. Then the exit-thread
+# tsan.supp says why each of its suppressions is there. Then the exit-thread
 # plan that showed the co_shim_on race in every replay (a plan is drawn
 # from the seed: pick another such seed if the harness's plans change).
 tsan_opts="die_after_fork=0:halt_on_error=1:suppressions=$root/tests/stress/tsan.supp"
