@@ -12,6 +12,7 @@
 #                       with slow receivers need 15 s on a busy 2-core machine)
 #   COALESCE_LIB        the library, or a space-separated list (default build/libcoalesce.so)
 #   STRESS_NO_SHIM=1    run the writers without the shim (checks the harness itself)
+#   STRESS_NO_FORK=1    plans without fork (TSan: see README.md)
 #   STRESS_SCALE        data volume in percent of the default (default 100)
 #   STRESS_WRAP         command prefix for the writer ("valgrind --trace-children=yes ...")
 #   STRESS_BIN          the harness binary (default build/tests/stress/stress, built if stale)
@@ -67,8 +68,8 @@ fi
 
 # The settings a replay needs besides the seed.
 replay_env="COALESCE_LIB='$COALESCE_LIB'"
-for v in STRESS_NO_SHIM STRESS_SCALE STRESS_WRAP STRESS_WRITER_ENV ASAN_OPTIONS UBSAN_OPTIONS \
-	TSAN_OPTIONS; do
+for v in STRESS_NO_SHIM STRESS_NO_FORK STRESS_SCALE STRESS_WRAP STRESS_WRITER_ENV ASAN_OPTIONS \
+	UBSAN_OPTIONS TSAN_OPTIONS; do
 	eval "val=\${$v:-}"
 	[ -n "$val" ] && replay_env="$replay_env $v='$val'"
 done
