@@ -73,29 +73,27 @@ $(BUILD)/asan/libcoalesce.so: $(CORE_SRC) $(SHIM_SRC) shim/exports.map
 
 comma := ,
 
-# The shim built with TSan (make build/tsan/libcoalesce.so; tests/stress/README.md
-# says how to run the harness with it; not in make test yet: see there). What
-# runs before libtsan has initialised (its own sigaction calls reach our hook,
-# which resolves the real functions) is left uninstrumented; TSan does not see
-# pthread_mutex_clocklock, so the timedlock stand-in of the unit tests is
-# linked in.
-TSAN_PLAIN_SRC := shim/hooks_signal.c shim/real.c
+# The shim built with TSan (make build/tsan/libcoalesce.so), for the stress
+# harness (tests/stress/README.md). It is loaded before the TSan runtime,
+# LD_PRELOAD="build/tsan/libcoalesce.so $(cc -print-file-name=libtsan.so)", so
+# that the hooks call TSan's interceptors as the application's code would.
+# The other order puts the hooks inside TSan's interceptors: those of poll,
+# ppoll, epoll_wait and epoll_pwait call our hook as the real function with
+# every interceptor switched off, so the fd locks the hook takes there are
+# invisible to TSan and the accesses they protect are reported as races; and
+# TSan's own start-up calls sigaction, which reached our hook before TSan was
+# ready. TSan does not see pthread_mutex_clocklock, so the timedlock stand-in
+# of the unit tests is linked in.
 $(BUILD)/tsan/libcoalesce.so: $(CORE_SRC) $(SHIM_SRC) tests/unit/tsan_clocklock.c shim/exports.map
-	@mkdir -p $(BUILD)/tsan/obj
+	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)for f in $(filter-out $(TSAN_PLAIN_SRC),$(CORE_SRC) $(SHIM_SRC)) tests/unit/tsan_clocklock.c; do \
-		$(CC) $(SO_CFLAGS) -fsanitize=thread -c $$f -o $(BUILD)/tsan/obj/$$(echo $$f | tr / _).o || exit 1; \
-	done
-	$(Q)for f in $(TSAN_PLAIN_SRC); do \
-		$(CC) $(SO_CFLAGS) -c $$f -o $(BUILD)/tsan/obj/$$(echo $$f | tr / _).o || exit 1; \
-	done
-	$(Q)$(CC) -fsanitize=thread -o $@ $(BUILD)/tsan/obj/*.o \
-		$(filter-out -Wl$(comma)-z$(comma)defs,$(SO_LDFLAGS))
+	$(Q)$(CC) $(SO_CFLAGS) -fsanitize=thread -o $@ $(CORE_SRC) $(SHIM_SRC) \
+		tests/unit/tsan_clocklock.c $(filter-out -Wl$(comma)-z$(comma)defs,$(SO_LDFLAGS))
 
 deps:
 	$(Q)scripts/setup-deps.sh
 
-tests: $(LIB) $(UNIT_BIN) $(INTEG_BIN) $(BUILD)/asan/libcoalesce.so
+tests: $(LIB) $(UNIT_BIN) $(INTEG_BIN) $(BUILD)/asan/libcoalesce.so $(BUILD)/tsan/libcoalesce.so
 
 test: deps
 	$(Q)$(MAKE) --no-print-directory tests

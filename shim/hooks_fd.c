@@ -16,7 +16,7 @@ static int flush_first(int fd)
 {
 	int r;
 
-	if (!co_shim_on || co_fd_passes(&co_shim_ctx, fd))
+	if (!co_shim_active() || co_fd_passes(&co_shim_ctx, fd))
 		return 0;
 	r = co_flush_before_send(&co_shim_ctx, fd, CO_ST_flush_order, 0);
 	return (int)co_shim_result(r, MSG_NOSIGNAL);
@@ -29,7 +29,7 @@ static void nudge(int fd)
 {
 	int saved = errno;
 
-	if (co_shim_on && !co_fd_passes(&co_shim_ctx, fd))
+	if (co_shim_active() && !co_fd_passes(&co_shim_ctx, fd))
 		co_flush_before(&co_shim_ctx, fd, CO_ST_flush_order, MSG_DONTWAIT);
 	errno = saved;
 }
@@ -39,13 +39,13 @@ static void nudge(int fd)
  * nonblocking socket wait at most the linger time), counted as reason. */
 static void stop_coalescing(int fd, enum co_counter reason)
 {
-	if (co_shim_on && !co_fd_passes(&co_shim_ctx, fd))
+	if (co_shim_active() && !co_fd_passes(&co_shim_ctx, fd))
 		co_fd_stop(&co_shim_ctx, fd, reason);
 }
 
 static void forget(int fd)
 {
-	if (co_shim_on && fd >= 0)
+	if (co_shim_active() && fd >= 0)
 		co_fd_forget(&co_shim_ctx, fd);
 }
 
@@ -54,7 +54,7 @@ CO_HOOK int close(int fd)
 	struct co_fd *f;
 	int r;
 
-	if (!co_shim_on)
+	if (!co_shim_active())
 		return REAL(close)(fd);
 	co_uring_fds_closing((unsigned)fd, (unsigned)fd);
 	if (co_close_or_hand_over(&co_shim_ctx, fd, &f))
@@ -79,7 +79,7 @@ CO_HOOK int close_range(unsigned int first, unsigned int last, int flags)
 		errno = ENOSYS;
 		return -1;
 	}
-	if (co_shim_on && !(flags & CLOSE_RANGE_CLOEXEC) && first <= last) {
+	if (co_shim_active() && !(flags & CLOSE_RANGE_CLOEXEC) && first <= last) {
 		co_uring_fds_closing(first, last);
 		co_fd_each(&co_shim_ctx.fds, first, last, close_one, NULL);
 	}
@@ -88,7 +88,7 @@ CO_HOOK int close_range(unsigned int first, unsigned int last, int flags)
 
 CO_HOOK void closefrom(int lowfd)
 {
-	if (co_shim_on && lowfd >= 0) {
+	if (co_shim_active() && lowfd >= 0) {
 		co_uring_fds_closing((unsigned)lowfd, ~0u);
 		co_fd_each(&co_shim_ctx.fds, (unsigned)lowfd, ~0u, close_one, NULL);
 	}
@@ -120,7 +120,7 @@ static int dup_onto(int oldfd, int newfd, int flags, int use_dup3)
 	struct co_fd *f;
 	int r;
 
-	if (!co_shim_on || oldfd == newfd)
+	if (!co_shim_active() || oldfd == newfd)
 		return use_dup3 ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
 	co_uring_fds_closing((unsigned)newfd, (unsigned)newfd);
 	f = co_close_begin(&co_shim_ctx, newfd);
@@ -144,7 +144,7 @@ static int fcntl_common(int fd, int cmd, void *arg, int (*real)(int, int, ...))
 {
 	int r;
 
-	if (!co_shim_on)
+	if (!co_shim_active())
 		return real(fd, cmd, arg);
 	switch (cmd) {
 	case F_DUPFD:
@@ -202,7 +202,7 @@ CO_HOOK int setsockopt(int fd, int level, int name, const void *val, socklen_t l
 {
 	int r, saved;
 
-	if (co_shim_on && co_fd_is_dgram(&co_shim_ctx, fd)) {
+	if (co_shim_active() && co_fd_is_dgram(&co_shim_ctx, fd)) {
 		if (flush_first(fd) < 0)
 			return -1;
 		r = REAL(setsockopt)(fd, level, name, val, len);
@@ -221,7 +221,7 @@ CO_HOOK int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
 {
 	int err;
 
-	if (co_shim_on && level == SOL_SOCKET && name == SO_ERROR && val && len &&
+	if (co_shim_active() && level == SOL_SOCKET && name == SO_ERROR && val && len &&
 	    *len >= (socklen_t)sizeof(int) && (err = co_fd_error(&co_shim_ctx, fd, 1))) {
 		*(int *)val = err;
 		*len = sizeof(int);

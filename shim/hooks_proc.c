@@ -10,7 +10,7 @@
 
 static void flush_before(enum co_counter trigger)
 {
-	if (co_shim_on && !co_shim_in_vfork_child())
+	if (co_shim_active() && !co_shim_in_vfork_child())
 		co_flush_all_final(&co_shim_ctx, trigger);
 }
 
@@ -26,7 +26,7 @@ static int exec_failed(int r)
 
 static void before_exit(void)
 {
-	if (co_shim_on && !co_shim_in_vfork_child()) {
+	if (co_shim_active() && !co_shim_in_vfork_child()) {
 		co_flush_all_final(&co_shim_ctx, CO_ST_flush_exit);
 		co_shim_write_stats();
 	}

@@ -33,7 +33,7 @@ static void on_fatal_signal(int sig)
 	sigset_t set;
 	int saved = errno;
 
-	if (co_shim_on && !co_shim_in_vfork_child()) {
+	if (co_shim_active() && !co_shim_in_vfork_child()) {
 		co_flush_all_nowait(&co_shim_ctx, CO_ST_flush_signal);
 		/* No destructor runs after this signal: the counters now. */
 		co_shim_write_stats();
@@ -102,7 +102,7 @@ CO_HOOK int sigaction(int sig, const struct sigaction *act, struct sigaction *ol
 {
 	struct sigaction app_old;
 
-	if (sig <= 0 || sig >= NSIG || !is_fatal_signal(sig) || !co_shim_on || getpid() == 1)
+	if (sig <= 0 || sig >= NSIG || !is_fatal_signal(sig) || !co_shim_active() || getpid() == 1)
 		return REAL(sigaction)(sig, act, oldact);
 	if (!atomic_load(&co_sig_ours[sig])) {
 		/* The application's own disposition is in place. */

@@ -17,7 +17,7 @@ static inline int flush_before_read(int fd)
 	int err;
 
 	co_note_wait();
-	if (!co_shim_on)
+	if (!co_shim_active())
 		return 0;
 	co_flush_if_pending(&co_shim_ctx, CO_ST_flush_read);
 	err = co_take_read_error(&co_shim_ctx, fd);
@@ -31,7 +31,7 @@ static inline int flush_before_read(int fd)
 static inline void flush_before_wait(int may_block)
 {
 	co_note_wait();
-	if (co_shim_on && may_block)
+	if (co_shim_active() && may_block)
 		co_flush_if_pending(&co_shim_ctx, CO_ST_flush_wait);
 }
 
@@ -41,7 +41,7 @@ static int add_pollerr(struct pollfd *fds, nfds_t nfds, int r)
 {
 	nfds_t i;
 
-	if (r < 0 || !co_shim_on || !co_any_fd_error(&co_shim_ctx))
+	if (r < 0 || !co_shim_active() || !co_any_fd_error(&co_shim_ctx))
 		return r;
 	for (i = 0; i < nfds; i++) {
 		if (fds[i].fd < 0 || !co_fd_error(&co_shim_ctx, fds[i].fd, 0) ||
@@ -198,7 +198,7 @@ CO_HOOK int accept(int fd, struct sockaddr *addr, socklen_t *addrlen)
 
 	flush_before_wait(1);
 	r = REAL(accept)(fd, addr, addrlen);
-	if (r >= 0 && co_shim_on)
+	if (r >= 0 && co_shim_active())
 		co_fd_forget(&co_shim_ctx, r);
 	return r;
 }
@@ -209,7 +209,7 @@ CO_HOOK int accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags
 
 	flush_before_wait(1);
 	r = REAL(accept4)(fd, addr, addrlen, flags);
-	if (r >= 0 && co_shim_on)
+	if (r >= 0 && co_shim_active())
 		co_fd_forget(&co_shim_ctx, r);
 	return r;
 }
@@ -221,7 +221,7 @@ CO_HOOK int connect(int fd, const struct sockaddr *addr, socklen_t addrlen)
 {
 	int r, saved;
 
-	if (co_shim_on && co_fd_is_dgram(&co_shim_ctx, fd)) {
+	if (co_shim_active() && co_fd_is_dgram(&co_shim_ctx, fd)) {
 		r = co_flush_before(&co_shim_ctx, fd, CO_ST_flush_order, 0);
 		if (r < 0)
 			return (int)co_shim_result(r, MSG_NOSIGNAL);

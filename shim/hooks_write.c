@@ -9,7 +9,7 @@
 /* Returns 1 when fd's writes go straight to libc. */
 static inline int passes(int fd)
 {
-	return !co_shim_on || co_fd_passes(&co_shim_ctx, fd);
+	return !co_shim_active() || co_fd_passes(&co_shim_ctx, fd);
 }
 
 /* Hands a write to core; returns its result in the libc convention, or

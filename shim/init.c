@@ -12,7 +12,7 @@
 #include "shim.h"
 
 struct co_ctx co_shim_ctx;
-int co_shim_on;
+_Atomic int co_shim_on;
 pid_t co_shim_pid;
 
 /* Each adapter keeps the application's errno and returns -errno. */
@@ -187,7 +187,7 @@ int co_shim_in_vfork_child(void)
 
 static void before_fork(void)
 {
-	if (co_shim_on)
+	if (co_shim_active())
 		co_flush_all_before_fork(&co_shim_ctx);
 }
 
@@ -265,8 +265,8 @@ __attribute__((constructor(101))) static void co_shim_init(void)
 	co_shim_ctx.on_pending = co_flusher_notify;
 	co_shim_pid = getpid();
 	pthread_atfork(before_fork, NULL, in_fork_child);
-	co_shim_on = !cfg.disabled;
-	if (co_shim_on)
+	atomic_store_explicit(&co_shim_on, !cfg.disabled, memory_order_relaxed);
+	if (co_shim_active())
 		co_signals_init();
 	co_log(&co_shim_ctx, CO_LOG_DEBUG, "loaded in pid %ld%s", (long)co_shim_pid,
 	       cfg.disabled ? " (disabled)" : "");
@@ -277,9 +277,9 @@ __attribute__((destructor(101))) static void co_shim_fini(void)
 {
 	int saved = errno;
 
-	if (co_shim_on && !co_shim_in_vfork_child()) {
+	if (co_shim_active() && !co_shim_in_vfork_child()) {
 		co_flush_all_final(&co_shim_ctx, CO_ST_flush_exit);
-		co_shim_on = 0;
+		atomic_store_explicit(&co_shim_on, 0, memory_order_relaxed);
 	}
 	co_shim_write_stats();
 	errno = saved;

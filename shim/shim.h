@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
 
 #include "../core/stream.h"
@@ -14,8 +15,15 @@
 extern struct co_ctx co_shim_ctx;
 
 /* Non-zero while the shim coalesces: set by the constructor unless
- * COALESCE_DISABLE=1, cleared by the destructor. */
-extern int co_shim_on;
+ * COALESCE_DISABLE=1, cleared by the destructor. Atomic: the destructor
+ * runs in the thread that called exit while others may be in a hook.
+ * Relaxed: nothing else is published through it. */
+extern _Atomic int co_shim_on;
+
+static inline int co_shim_active(void)
+{
+	return atomic_load_explicit(&co_shim_on, memory_order_relaxed);
+}
 
 /* The pid this process had at start or fork: differs in a vfork child,
  * which shares our memory and must not touch the queues. */

@@ -12,6 +12,7 @@
 #                       with slow receivers need 15 s on a busy 2-core machine)
 #   COALESCE_LIB        the library, or a space-separated list (default build/libcoalesce.so)
 #   STRESS_NO_SHIM=1    run the writers without the shim (checks the harness itself)
+#   STRESS_NO_FORK=1    plans without fork (TSan: see README.md)
 #   STRESS_SCALE        data volume in percent of the default (default 100)
 #   STRESS_WRAP         command prefix for the writer ("valgrind --trace-children=yes ...")
 #   STRESS_BIN          the harness binary (default build/tests/stress/stress, built if stale)
@@ -40,6 +41,14 @@ if [ -z "${STRESS_NO_SHIM:-}" ] || [ "${STRESS_NO_SHIM:-}" = 0 ]; then
 	for l in $COALESCE_LIB; do
 		[ -f "$l" ] || { echo "$0: $l not found (run make)" >&2; exit 2; }
 	done
+	# TSan's runtime before the shim makes TSan blind to the fd locks taken
+	# in the waits it intercepts: false races (tests/stress/README.md).
+	case " $COALESCE_LIB " in
+	*/libtsan.so*" "*libcoalesce*)
+		echo "$0: COALESCE_LIB: list the TSan runtime after the shim, not before" >&2
+		exit 2
+		;;
+	esac
 fi
 # The harness reports its own timeout (what each thread was doing) before ours.
 STRESS_TIMEOUT=${STRESS_TIMEOUT:-$((limit > 15 ? limit - 5 : limit))}
@@ -59,7 +68,8 @@ fi
 
 # The settings a replay needs besides the seed.
 replay_env="COALESCE_LIB='$COALESCE_LIB'"
-for v in STRESS_NO_SHIM STRESS_SCALE STRESS_WRAP STRESS_WRITER_ENV ASAN_OPTIONS UBSAN_OPTIONS; do
+for v in STRESS_NO_SHIM STRESS_NO_FORK STRESS_SCALE STRESS_WRAP STRESS_WRITER_ENV ASAN_OPTIONS \
+	UBSAN_OPTIONS TSAN_OPTIONS; do
 	eval "val=\${$v:-}"
 	[ -n "$val" ] && replay_env="$replay_env $v='$val'"
 done

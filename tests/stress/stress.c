@@ -29,7 +29,7 @@
  *
  * Environment: STRESS_SEED (decimal or 0x hex; default: a fresh one),
  * COALESCE_LIB (default build/libcoalesce.so; may be a list separated by
- * spaces), STRESS_NO_SHIM=1, STRESS_SCALE (percent of the default data
+ * spaces), STRESS_NO_SHIM=1, STRESS_NO_FORK=1, STRESS_SCALE (percent of the default data
  * volume, default 100), STRESS_TIMEOUT (seconds, default 120), STRESS_WRAP
  * (a command prefix for the writer, e.g. "valgrind --trace-children=yes"),
  * STRESS_WRITER_ENV (extra NAME=VALUE words for the writer), STRESS_VERBOSE,
@@ -300,7 +300,17 @@ static int is_tcp(int kind)
 	return kind == K_TCP4 || kind == K_TCP6;
 }
 
-static void plan_make(struct plan *p, uint64_t seed, unsigned scale, int v6_ok)
+/* STRESS_NO_FORK=1: no plan forks, for a runtime that cannot follow the child
+ * of a multithreaded process (ThreadSanitizer: tests/stress/README.md). The
+ * receiver and the writer both read it, so that they draw the same plan. */
+static int no_fork_wanted(void)
+{
+	const char *env = getenv("STRESS_NO_FORK");
+
+	return env && *env && strcmp(env, "0");
+}
+
+static void plan_make(struct plan *p, uint64_t seed, unsigned scale, int v6_ok, int no_fork)
 {
 	struct rng r;
 	uint64_t total;
@@ -391,6 +401,13 @@ static void plan_make(struct plan *p, uint64_t seed, unsigned scale, int v6_ok)
 				break;
 		if (c == p->nconn)
 			p->conn[rrange(&r, 0, (uint64_t)p->nconn - 1)].owners |= 1u << t;
+	}
+	/* Left out after every draw, so that the rest of the plan is the one
+	 * the seed gives without STRESS_NO_FORK. */
+	if (no_fork) {
+		p->fork_on = 0;
+		if (p->ending == E_FORK)
+			p->ending = E_RETURN;
 	}
 	for (c = 0; c < p->nconn; c++) {
 		struct conn_plan *cp = &p->conn[c];
@@ -1049,7 +1066,7 @@ static int writer_main(int argc, char **argv)
 	if (argc < 8)
 		wfail("usage: %s %s SEED SCALE V6 NOSHIM PPID PORTS", argv[0], WRITER_FLAG);
 	plan_make(&W.p, strtoull(argv[2], NULL, 0), (unsigned)strtoul(argv[3], NULL, 0),
-		  atoi(argv[4]));
+		  atoi(argv[4]), no_fork_wanted());
 	W.noshim = atoi(argv[5]);
 	W.ppid = (pid_t)atol(argv[6]);
 	for (s = argv[7], c = 0; c < NC && *s; c++, s = *end ? end + 1 : end)
@@ -2432,7 +2449,7 @@ int main(int argc, char **argv)
 	if (!R.noshim)
 		resolve_lib();
 	R.v6_ok = ipv6_ok();
-	plan_make(&R.p, R.seed, R.scale, R.v6_ok);
+	plan_make(&R.p, R.seed, R.scale, R.v6_ok, no_fork_wanted());
 	rseed(&R.rr, R.seed, 3);
 	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
 		die("PR_SET_CHILD_SUBREAPER: %s", strerror(errno));
@@ -2523,7 +2540,8 @@ int main(int argc, char **argv)
 		       "(%.1f s)\n",
 		       R.seed, ending_name[R.p.ending], R.p.racing ? "(racing)" : "", R.p.nconn,
 		       R.p.nthreads, R.p.fork_on ? " fork" : "", R.failures, secs);
-		printf("  replay: STRESS_SEED=0x%016" PRIx64 "%s%s%s%s %s\n", R.seed,
+		printf("  replay: STRESS_SEED=0x%016" PRIx64 "%s%s%s%s%s %s\n", R.seed,
+		       no_fork_wanted() ? " STRESS_NO_FORK=1" : "",
 		       R.noshim ? " STRESS_NO_SHIM=1" : "", R.noshim ? "" : " COALESCE_LIB='",
 		       R.noshim ? "" : R.lib, R.noshim ? "" : "'", self);
 		printf("  stats and logs kept in %s\n", R.tmpdir);
