@@ -88,10 +88,13 @@ run "stress/quick" 300 env COALESCE_LIB="$lib" STRESS_LOG_DIR="$log_dir/stress" 
 	sh tests/stress/run.sh quick
 run "stress-uring/quick" 300 env COALESCE_LIB="$lib" STRESS_WRITER_ENV=COALESCE_BACKEND=uring \
 	STRESS_LOG_DIR="$log_dir/stress-uring" sh tests/stress/run.sh quick
+# With ASan, plans without fork: GCC 12's libasan takes no allocator locks
+# around fork, and the child of a multithreaded writer may hang on one (2 to
+# 6 runs in 100); the plain and uring steps keep every fork ending.
 if [ -f "$build/asan/libcoalesce.so" ]; then
 	run "stress-asan/quick" 300 env COALESCE_LIB="$asan_rt $build/asan/libcoalesce.so" \
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1 \
-		STRESS_LOG_DIR="$log_dir/stress-asan" sh tests/stress/run.sh quick
+		STRESS_NO_FORK=1 STRESS_LOG_DIR="$log_dir/stress-asan" sh tests/stress/run.sh quick
 fi
 # The shim built with TSan, loaded before the TSan runtime (the other order
 # hides the fd locks from TSan: tests/stress/README.md). Plans without fork:

@@ -277,10 +277,11 @@ __attribute__((destructor(101))) static void co_shim_fini(void)
 {
 	int saved = errno;
 
-	if (co_shim_active() && !co_shim_in_vfork_child()) {
+	/* Other threads write on until the process ends: with ctx->exiting
+	 * set, each of their writes sends its fd's queue and itself at once,
+	 * under the fd's lock, so none is lost or overtaken. */
+	if (co_shim_active() && !co_shim_in_vfork_child())
 		co_flush_all_final(&co_shim_ctx, CO_ST_flush_exit);
-		atomic_store_explicit(&co_shim_on, 0, memory_order_relaxed);
-	}
 	co_shim_write_stats();
 	errno = saved;
 }

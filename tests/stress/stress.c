@@ -1403,10 +1403,17 @@ static void rx_eof(struct rconn *c)
 		      c->boff, c->tid, c->seq, c->pdone, c->len);
 	} else if (c->st == ST_SYNC || c->blen) {
 		cnote(c, "EOF after %zu bytes that are not a whole record", c->blen);
-		/* A racing SIGTERM may leave the tail of a completed record in a
-		 * queue the handler's one nonblocking pass could not send: the
-		 * documented loss (at most one queue), cut inside a header here. */
-		if (!(R.p.racing && R.p.ending == E_SIGTERM && !R.noshim && c->st != ST_SYNC))
+		/* A record may be cut inside its header: one in flight when a
+		 * racing exec, _exit or exit ended the process (the kernel may
+		 * have taken part of a write that never returned), or, with
+		 * the shim, the tail of a completed record in a queue a racing
+		 * SIGTERM's one nonblocking pass could not send (the
+		 * documented loss, at most one queue). A completed record cut
+		 * so is counted as lost by the final check, where it is
+		 * allowed only for that SIGTERM. */
+		if (!(R.p.racing && c->st != ST_SYNC &&
+		      (R.p.ending == E_EXEC || R.p.ending == E_UEXIT || R.p.ending == E_EXIT_THREAD ||
+		       (R.p.ending == E_SIGTERM && !R.noshim))))
 			c->headers_bad++;
 	}
 	if (c->fd >= 0)
