@@ -20,6 +20,8 @@ enum co_fd_kind {
 	CO_FD_PASS,        /* Never coalesced: every call goes to libc. */
 	CO_FD_STREAM,      /* A connected stream socket: writes are queued. */
 	CO_FD_DGRAM,       /* A UDP or Unix datagram socket: datagrams are queued. */
+	CO_FD_BEHIND,      /* Passes once its socket's owner (behind) has sent its
+			    * queue: a call on it stops the owner first. */
 };
 
 struct co_dgram;
@@ -37,6 +39,7 @@ struct co_fd {
 	unsigned burst_epoch; /* The writer's wait epoch when the burst began. */
 	unsigned char direct; /* The last burst was one write: send the next one at once. */
 	unsigned char tcp;    /* A TCP socket: the kernel ignores a send's address. */
+	int behind;           /* CO_FD_BEHIND: the fd that coalesces its socket. */
 	_Atomic uint64_t sock_id; /* The socket's identity once claimed in ctx->socks, or 0. */
 	struct co_dgram *dg;  /* CO_FD_DGRAM: the datagram state (dgram.h). */
 	/* Set by a close that could not wait for the holder of the lock (see

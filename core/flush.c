@@ -259,8 +259,13 @@ void co_fd_stop(struct co_ctx *ctx, int fd, enum co_counter reason)
 	if (!f || co__lock_fd(f, fd) != 0)
 		return;
 	if (atomic_load(&f->kind) == CO_FD_UNKNOWN)
-		other = co__classify(ctx, fd, f);
-	if (atomic_load(&f->kind) != CO_FD_PASS) {
+		co__classify(ctx, fd, f);
+	if (atomic_load(&f->kind) == CO_FD_BEHIND) {
+		/* Recorded as passing already: only its socket's owner is
+		 * left to stop. */
+		other = f->behind;
+		atomic_store(&f->kind, CO_FD_PASS);
+	} else if (atomic_load(&f->kind) != CO_FD_PASS) {
 		if (pending_len(&f->q))
 			co__drain_locked(ctx, fd, f, CO_ST_flush_order,
 					 ctx->sys.now_ns() + ctx->cfg.linger_ns);

@@ -66,10 +66,10 @@ void co__discard_locked(struct co_ctx *ctx, int fd, struct co_fd *f);
 /* Decides, once, whether fd is a connected stream socket that can be
  * coalesced (f->kind = CO_FD_STREAM) or never can be (CO_FD_PASS). Leaves
  * CO_FD_UNKNOWN when the answer may change: a bad fd, a socket not yet
- * connected. Returns -1, or another fd that holds the same socket: fd is
- * then CO_FD_PASS, and the caller must stop coalescing that other fd too
- * (after releasing fd's lock). */
-int co__classify(struct co_ctx *ctx, int fd, struct co_fd *f);
+ * connected. When another fd coalesces the same socket, fd is recorded as
+ * passing and becomes CO_FD_BEHIND that fd (f->behind): the caller stops
+ * coalescing it, then makes fd pass (after releasing fd's lock). */
+void co__classify(struct co_ctx *ctx, int fd, struct co_fd *f);
 
 /* fd (f, its entry, locked; or NULL when fd has none) passes from now on:
  * records its socket as having a passing fd, so that no fd coalesces it

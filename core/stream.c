@@ -55,7 +55,7 @@ int co__pass_socket(struct co_ctx *ctx, int fd, struct co_fd *f)
 	return owner;
 }
 
-int co__classify(struct co_ctx *ctx, int fd, struct co_fd *f)
+void co__classify(struct co_ctx *ctx, int fd, struct co_fd *f)
 {
 	struct sockaddr_storage peer;
 	socklen_t len = sizeof(peer);
@@ -66,10 +66,10 @@ int co__classify(struct co_ctx *ctx, int fd, struct co_fd *f)
 	if (r == -ENOTSOCK) {
 		co_stat_add(&ctx->stats, CO_ST_passthrough_not_socket, 1);
 		atomic_store(&f->kind, CO_FD_PASS);
-		return -1;
+		return;
 	}
 	if (r < 0)
-		return -1;
+		return;
 	if ((type != SOCK_STREAM && type != SOCK_DGRAM) ||
 	    sockopt_int(ctx, fd, SO_DOMAIN, &domain) < 0 ||
 	    sockopt_int(ctx, fd, SO_PROTOCOL, &protocol) < 0 ||
@@ -78,19 +78,19 @@ int co__classify(struct co_ctx *ctx, int fd, struct co_fd *f)
 	       protocol == (type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP)))) {
 		co_stat_add(&ctx->stats, CO_ST_passthrough_not_stream, 1);
 		atomic_store(&f->kind, CO_FD_PASS);
-		return -1;
+		return;
 	}
 	/* A stream socket is coalesced once connected; a datagram socket
 	 * either way (its sends may name their destination). */
 	r = ctx->sys.getpeername(fd, (struct sockaddr *)&peer, &len);
 	if (r < 0 && type == SOCK_STREAM) {
 		co_stat_add(&ctx->stats, CO_ST_passthrough_not_connected, 1);
-		return -1;
+		return;
 	}
 	if (ctx->sys.socket_id(fd, &id) < 0 || id == 0) {
 		co_stat_add(&ctx->stats, CO_ST_passthrough_not_stream, 1);
 		atomic_store(&f->kind, CO_FD_PASS);
-		return -1;
+		return;
 	}
 	other = sockmap_claim(&ctx->socks, &ctx->sys, id, fd, still_holds, ctx, &recorded);
 	if (recorded)
@@ -98,16 +98,16 @@ int co__classify(struct co_ctx *ctx, int fd, struct co_fd *f)
 	if (other == CO_SOCK_MINE && type == SOCK_STREAM) {
 		f->tcp = domain != AF_UNIX;
 		atomic_store(&f->kind, CO_FD_STREAM);
-		return -1;
+		return;
 	}
 	if (other == CO_SOCK_MINE && co__dgram_setup(ctx, fd, f, domain, r == 0) == 0) {
 		atomic_store(&f->kind, CO_FD_DGRAM);
-		return -1;
+		return;
 	}
 	co_stat_add(&ctx->stats, recorded && other != CO_SOCK_MINE ? CO_ST_passthrough_dup
 								   : CO_ST_passthrough_nomem, 1);
-	atomic_store(&f->kind, CO_FD_PASS);
-	return other;
+	f->behind = other;
+	atomic_store(&f->kind, other >= 0 ? CO_FD_BEHIND : CO_FD_PASS);
 }
 
 /* Returns the counter for why a write on a stream socket cannot be queued,
@@ -434,37 +434,46 @@ static int stop_owner_before(struct co_ctx *ctx, int owner, int flags)
 	return 0;
 }
 
-/* Undoes fd's classification as passing, after stop_owner_before could not
- * stop its socket's owner: fd is classified again on its next write. */
-static void unclassify(struct co_ctx *ctx, int fd, struct co_fd *f)
+/* fd (f, unlocked) was CO_FD_BEHIND owner: stops owner as a call on fd
+ * with flags would wait for it (stop_owner_before), then fd passes. Returns
+ * 0, or the error of stop_owner_before: fd is then UNKNOWN again, forgotten
+ * by the socket map, and its next call looks at it anew. Until then other
+ * threads' calls on fd come here too, and none reaches libc before owner's
+ * queue has gone. */
+static int settle_behind(struct co_ctx *ctx, int fd, struct co_fd *f, int owner, int flags)
 {
+	int err = stop_owner_before(ctx, owner, flags);
+
 	if (co__lock_fd(f, fd) != 0)
-		return;
-	if (atomic_load(&f->kind) == CO_FD_PASS) {
-		co__release_id(ctx, fd, f);
-		atomic_store(&f->kind, CO_FD_UNKNOWN);
+		return err;
+	if (atomic_load(&f->kind) == CO_FD_BEHIND) {
+		if (err)
+			co__release_id(ctx, fd, f);
+		atomic_store(&f->kind, err ? CO_FD_UNKNOWN : CO_FD_PASS);
 	}
 	co__unlock_fd(f);
+	return err;
 }
 
 int co_flush_before_send(struct co_ctx *ctx, int fd, enum co_counter trigger, int flags)
 {
 	struct co_fd *f = fd >= 0 ? co_fd_get(&ctx->fds, &ctx->sys, fd) : NULL;
-	int other = -1, err;
+	int owner = -1, err;
 
 	if (!f)
 		return 0;
-	if (atomic_load(&f->kind) == CO_FD_UNKNOWN && co__lock_fd(f, fd) == 0) {
+	if (atomic_load(&f->kind) != CO_FD_STREAM && atomic_load(&f->kind) != CO_FD_DGRAM &&
+	    atomic_load(&f->kind) != CO_FD_PASS && co__lock_fd(f, fd) == 0) {
 		if (atomic_load(&f->kind) == CO_FD_UNKNOWN)
-			other = co__classify(ctx, fd, f);
+			co__classify(ctx, fd, f);
+		if (atomic_load(&f->kind) == CO_FD_BEHIND)
+			owner = f->behind;
 		co__unlock_fd(f);
 	}
-	if (other >= 0) {
-		err = stop_owner_before(ctx, other, flags);
-		if (err) {
-			unclassify(ctx, fd, f);
+	if (owner >= 0) {
+		err = settle_behind(ctx, fd, f, owner, flags);
+		if (err)
 			return err;
-		}
 	}
 	return co_flush_before(ctx, fd, trigger, flags);
 }
@@ -474,7 +483,7 @@ ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcn
 {
 	unsigned api = CO_WRITE_API_OF(how);
 	struct co_fd *f;
-	int other = -1;
+	int other, owner = -1;
 	ssize_t r;
 
 	*held = NULL;
@@ -506,7 +515,9 @@ ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcn
 		return CO_PASSTHROUGH;
 	}
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_UNKNOWN)
-		other = co__classify(ctx, fd, f);
+		co__classify(ctx, fd, f);
+	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_BEHIND)
+		owner = f->behind;
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_STREAM ||
 	    atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_DGRAM) {
 		if (api < CO_API_COUNT)
@@ -521,16 +532,13 @@ ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcn
 		r = CO_PASSTHROUGH;
 	}
 	co__unlock_fd(f);
-	/* fd shares its socket with other: what other queued goes first. */
-	if (other >= 0 && other == co__held_fd && !f->dg)
-		return keep_for_held_owner(ctx, other, iov, iovcnt, flags, how);
-	if (other >= 0) {
-		int err = stop_owner_before(ctx, other, flags);
-
-		if (err) {
-			unclassify(ctx, fd, f);
-			return err;
-		}
+	if (owner < 0)
+		return r;
+	/* fd shares its socket with owner: what owner queued goes first. */
+	if (owner == co__held_fd) {
+		co_fd_stop(ctx, fd, CO_ST_passthrough_dup);
+		return keep_for_held_owner(ctx, owner, iov, iovcnt, flags, how);
 	}
-	return r;
+	r = settle_behind(ctx, fd, f, owner, flags);
+	return r ? r : CO_PASSTHROUGH;
 }

@@ -773,6 +773,56 @@ static void test_dup_dontwait_write_while_the_owner_is_held(void **state)
 	app_close(&c);
 }
 
+struct dup_writer {
+	struct co_ctx *ctx;
+	struct app *app;
+	ssize_t r;
+};
+
+static void *dup_writer_main(void *arg)
+{
+	struct dup_writer *w = arg;
+
+	w->r = app_write(w->ctx, w->app, 10, 0);
+	return NULL;
+}
+
+/* A first write on a duplicate waits for the owner (held by a third
+ * thread) to send its queue. Meanwhile the duplicate must not pass: another
+ * thread's write on it would take the fast path to libc and overtake the
+ * owner's queue. */
+static void test_dup_does_not_pass_before_the_owner_queue_is_sent(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = fx->ctx;
+	struct app c = { 0 };
+	struct dup_writer w = { .ctx = ctx, .app = &c };
+	struct co_fd *dup;
+	struct holder h;
+	pthread_t t;
+
+	app_open(&c, 30, FAKE_TCP, 3);
+	assert_int_equal(app_write(ctx, &c, 10, 0), 10);
+	assert_int_equal(app_write(ctx, &c, 10, 0), 10);
+	fake_dup(31, 30);
+	dup = co_fd_get(&ctx->fds, fake_sys(), 31);
+	assert_non_null(dup);
+	hold_start(&h, &co_fd_find(&ctx->fds, 30)->lock);
+	c.fd = 31;
+	assert_int_equal(pthread_create(&t, NULL, dup_writer_main, &w), 0);
+	while (atomic_load(&dup->kind) == CO_FD_UNKNOWN)
+		sched_yield();
+	assert_false(co_fd_passes(ctx, 31));
+	assert_true(app_wire_is(&c, 10));
+	hold_end(&h);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_int_equal(w.r, 10);
+	assert_true(app_wire_is(&c, 30));
+	assert_true(co_fd_passes(ctx, 31));
+	assert_true(co_fd_passes(ctx, 30));
+	app_close(&c);
+}
+
 /* sendfile or splice on a duplicate: what the first fd queued goes first,
  * as far as a write with the same flags would wait for it. */
 static void test_flush_before_send_on_a_dup_sends_the_other_queue(void **state)
@@ -1494,6 +1544,7 @@ int main(void)
 		T(test_dup_sends_the_other_queue_first_and_stops_both),
 		T(test_dup_dontwait_write_on_a_full_socket_says_eagain),
 		T(test_dup_dontwait_write_while_the_owner_is_held),
+		T(test_dup_does_not_pass_before_the_owner_queue_is_sent),
 		T(test_flush_before_send_on_a_dup_sends_the_other_queue),
 		T(test_dup_of_a_closed_fd_is_coalesced),
 		T(test_dup_of_a_forgotten_fd_is_coalesced),
