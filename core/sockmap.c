@@ -143,6 +143,20 @@ int sockmap_pass(struct co_sockmap *m, const struct co_sys *sys, uint64_t id, in
 	return owner;
 }
 
+int sockmap_owner(struct co_sockmap *m, uint64_t id,
+		  int (*still_holds)(void *arg, int fd, uint64_t id), void *arg)
+{
+	struct co_sockmap_slot *s;
+	int owner = -1;
+
+	pthread_mutex_lock(&m->lock);
+	s = lookup(m, id);
+	if (s && s->owner >= 0 && still_holds(arg, s->owner, id))
+		owner = s->owner;
+	pthread_mutex_unlock(&m->lock);
+	return owner;
+}
+
 void sockmap_release(struct co_sockmap *m, uint64_t id, int fd)
 {
 	struct co_sockmap_slot *s;

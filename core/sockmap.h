@@ -57,6 +57,11 @@ int sockmap_claim(struct co_sockmap *m, const struct co_sys *sys, uint64_t id, i
 int sockmap_pass(struct co_sockmap *m, const struct co_sys *sys, uint64_t id, int fd,
 		 int (*still_holds)(void *arg, int fd, uint64_t id), void *arg, int *recorded);
 
+/* Returns the fd that coalesces socket id (and still holds it, per
+ * still_holds), or -1. Records nothing. */
+int sockmap_owner(struct co_sockmap *m, uint64_t id,
+		  int (*still_holds)(void *arg, int fd, uint64_t id), void *arg);
+
 /* fd, recorded for socket id (as owner or passing), no longer holds it. */
 void sockmap_release(struct co_sockmap *m, uint64_t id, int fd);
 

@@ -484,6 +484,7 @@ ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcn
 	unsigned api = CO_WRITE_API_OF(how);
 	struct co_fd *f;
 	int other, owner = -1;
+	uint64_t id;
 	ssize_t r;
 
 	*held = NULL;
@@ -495,7 +496,15 @@ ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcn
 		co_stat_add(&ctx->stats, fd >= CO_FD_LIMIT ? CO_ST_passthrough_fd_range
 							    : CO_ST_passthrough_nomem, 1);
 		/* No entry to remember fd by: its socket must not be
-		 * coalesced through any fd from now on. */
+		 * coalesced through any fd from now on. What its owner
+		 * queued goes first, as far as this call would wait; if it
+		 * cannot, nothing is recorded and the call fails. */
+		other = ctx->sys.socket_id(fd, &id) == 0 && id != 0
+				? sockmap_owner(&ctx->socks, id, still_holds, ctx)
+				: -1;
+		r = other >= 0 ? stop_owner_before(ctx, other, flags) : 0;
+		if (r)
+			return r;
 		other = co__pass_socket(ctx, fd, NULL);
 		if (other >= 0)
 			co_fd_stop(ctx, other, CO_ST_passthrough_dup);
