@@ -405,7 +405,8 @@ static int lock_owner(struct co_ctx *ctx, int owner, struct co_fd *f, int flags)
 
 /* fd, just found to share its socket with owner (which coalesces it), is
  * about to write with flags: owner's queue goes first, sent as this write
- * would wait for room (never longer), and owner then stops coalescing.
+ * would wait for room (never longer), and owner then stops coalescing. A
+ * failure that drops owner's queue is kept for owner's next call.
  * Returns 0 when owner's queue is out (or owner had none), or -errno when
  * it could not all be sent without waiting longer than this write would
  * (-EAGAIN: the socket is full): owner keeps coalescing, and the caller
@@ -423,7 +424,8 @@ static int stop_owner_before(struct co_ctx *ctx, int owner, int flags)
 		return r;
 	if (r == 0) {
 		do {
-			r = co__flush_locked(ctx, owner, f, CO_ST_flush_order, flags & MSG_DONTWAIT);
+			r = co__flush_deferred(ctx, owner, f, CO_ST_flush_order,
+					       flags & MSG_DONTWAIT);
 		} while (r == -EINTR && !(flags & MSG_DONTWAIT));
 		r = pending_len(&f->q) ? r : 0;
 		co__unlock_fd(f);
@@ -455,13 +457,33 @@ static int settle_behind(struct co_ctx *ctx, int fd, struct co_fd *f, int owner,
 	return err;
 }
 
+/* fd has no table entry (out of range, or no memory): its socket must not
+ * be coalesced through any fd from now on. What its owner queued goes
+ * first, as far as a call on fd with flags would wait (stop_owner_before);
+ * if it cannot, nothing is recorded. Returns 0, or that error. */
+static int pass_without_entry(struct co_ctx *ctx, int fd, int flags)
+{
+	uint64_t id;
+	int owner = ctx->sys.socket_id(fd, &id) == 0 && id != 0
+			    ? sockmap_owner(&ctx->socks, id, still_holds, ctx)
+			    : -1;
+	int r = owner >= 0 ? stop_owner_before(ctx, owner, flags) : 0;
+
+	if (r)
+		return r;
+	owner = co__pass_socket(ctx, fd, NULL);
+	if (owner >= 0)
+		co_fd_stop(ctx, owner, CO_ST_passthrough_dup);
+	return 0;
+}
+
 int co_flush_before_send(struct co_ctx *ctx, int fd, enum co_counter trigger, int flags)
 {
 	struct co_fd *f = fd >= 0 ? co_fd_get(&ctx->fds, &ctx->sys, fd) : NULL;
 	int owner = -1, err;
 
 	if (!f)
-		return 0;
+		return fd >= 0 ? pass_without_entry(ctx, fd, flags) : 0;
 	if (atomic_load(&f->kind) != CO_FD_STREAM && atomic_load(&f->kind) != CO_FD_DGRAM &&
 	    atomic_load(&f->kind) != CO_FD_PASS && co__lock_fd(f, fd) == 0) {
 		if (atomic_load(&f->kind) == CO_FD_UNKNOWN)
@@ -483,8 +505,7 @@ ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcn
 {
 	unsigned api = CO_WRITE_API_OF(how);
 	struct co_fd *f;
-	int other, owner = -1;
-	uint64_t id;
+	int owner = -1;
 	ssize_t r;
 
 	*held = NULL;
@@ -495,20 +516,8 @@ ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcn
 			return CO_PASSTHROUGH;
 		co_stat_add(&ctx->stats, fd >= CO_FD_LIMIT ? CO_ST_passthrough_fd_range
 							    : CO_ST_passthrough_nomem, 1);
-		/* No entry to remember fd by: its socket must not be
-		 * coalesced through any fd from now on. What its owner
-		 * queued goes first, as far as this call would wait; if it
-		 * cannot, nothing is recorded and the call fails. */
-		other = ctx->sys.socket_id(fd, &id) == 0 && id != 0
-				? sockmap_owner(&ctx->socks, id, still_holds, ctx)
-				: -1;
-		r = other >= 0 ? stop_owner_before(ctx, other, flags) : 0;
-		if (r)
-			return r;
-		other = co__pass_socket(ctx, fd, NULL);
-		if (other >= 0)
-			co_fd_stop(ctx, other, CO_ST_passthrough_dup);
-		return CO_PASSTHROUGH;
+		r = pass_without_entry(ctx, fd, flags);
+		return r ? r : CO_PASSTHROUGH;
 	}
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_PASS)
 		return CO_PASSTHROUGH;

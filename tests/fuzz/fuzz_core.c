@@ -1058,8 +1058,8 @@ static void do_write(int i, size_t total, int cnt, unsigned seed, int flags, uns
 	struct sock *s = sock_of(i);
 	const unsigned char *p, *outer_tent = NULL;
 	size_t outer_len = 0, accepted = 0;
-	uint64_t calls_before = core_calls;
-	int reentrant = co__held_fd == fd, passes, plain;
+	uint64_t calls_before = core_calls, core_end;
+	int reentrant = co__held_fd == fd, passes, plain, j;
 	/* A deferred error is for the next write core sees on a coalesced fd. */
 	int expect_err = !reentrant && ent_kind(i) == CO_FD_STREAM ? pend[i] : 0;
 	struct co_fd *held = NULL;
@@ -1107,6 +1107,7 @@ static void do_write(int i, size_t total, int cnt, unsigned seed, int flags, uns
 	passes = co_fd_passes(ctx, fd);
 	if (!passes)
 		r = co_write(ctx, fd, iovs, cnt, flags, how, &held);
+	core_end = core_calls;
 	if (r == CO_PASSTHROUGH)
 		T("    = PASSTHROUGH%s\n", held ? " (fd held)" : "");
 	else
@@ -1172,6 +1173,16 @@ static void do_write(int i, size_t total, int cnt, unsigned seed, int flags, uns
 			T("    model: fd %d owes its next write error %d\n", fd, hard_err[i]);
 		}
 	}
+	/* Another fd of the socket whose queue had to go first in core's
+	 * part of this call, and failed (dropped), owes that error to its own
+	 * next call. */
+	for (j = 0; j < NFD; j++)
+		if (j != i && s && sock_of(j) == s && hard_at[j] > calls_before &&
+		    hard_at[j] <= core_end) {
+			pend[j] = hard_err[j];
+			model_deferred++;
+			T("    model: fd %d owes its next write error %d\n", fd_num[j], hard_err[j]);
+		}
 	if (s) {
 		CHECK(s->tent_sent <= accepted, "fd %d: %zu bytes of the call reached the wire, but "
 		      "the call was told %zu", fd, s->tent_sent, accepted);
