@@ -460,15 +460,20 @@ static int settle_behind(struct co_ctx *ctx, int fd, struct co_fd *f, int owner,
 /* fd has no table entry (out of range, or no memory): its socket must not
  * be coalesced through any fd from now on. What its owner queued goes
  * first, as far as a call on fd with flags would wait (stop_owner_before);
- * if it cannot, nothing is recorded. Returns 0, or that error. */
+ * if it cannot, nothing is recorded. Returns 0, that error, or -EDEADLK
+ * when this thread holds the owner (a signal handler), which cannot be
+ * stopped now. */
 static int pass_without_entry(struct co_ctx *ctx, int fd, int flags)
 {
 	uint64_t id;
 	int owner = ctx->sys.socket_id(fd, &id) == 0 && id != 0
 			    ? sockmap_owner(&ctx->socks, id, still_holds, ctx)
 			    : -1;
-	int r = owner >= 0 ? stop_owner_before(ctx, owner, flags) : 0;
+	int r;
 
+	if (owner >= 0 && owner == co__held_fd)
+		return -EDEADLK;
+	r = owner >= 0 ? stop_owner_before(ctx, owner, flags) : 0;
 	if (r)
 		return r;
 	owner = co__pass_socket(ctx, fd, NULL);
@@ -482,8 +487,12 @@ int co_flush_before_send(struct co_ctx *ctx, int fd, enum co_counter trigger, in
 	struct co_fd *f = fd >= 0 ? co_fd_get(&ctx->fds, &ctx->sys, fd) : NULL;
 	int owner = -1, err;
 
-	if (!f)
-		return fd >= 0 ? pass_without_entry(ctx, fd, flags) : 0;
+	if (!f) {
+		/* A signal handler's operation on fd, whose socket's owner its
+		 * thread holds, goes ahead: the owner's queue cannot go now. */
+		err = fd >= 0 ? pass_without_entry(ctx, fd, flags) : 0;
+		return err == -EDEADLK ? 0 : err;
+	}
 	if (atomic_load(&f->kind) != CO_FD_STREAM && atomic_load(&f->kind) != CO_FD_DGRAM &&
 	    atomic_load(&f->kind) != CO_FD_PASS && co__lock_fd(f, fd) == 0) {
 		if (atomic_load(&f->kind) == CO_FD_UNKNOWN)
@@ -517,6 +526,8 @@ ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcn
 		co_stat_add(&ctx->stats, fd >= CO_FD_LIMIT ? CO_ST_passthrough_fd_range
 							    : CO_ST_passthrough_nomem, 1);
 		r = pass_without_entry(ctx, fd, flags);
+		if (r == -EDEADLK)
+			return keep_for_held_owner(ctx, co__held_fd, iov, iovcnt, flags, how);
 		return r ? r : CO_PASSTHROUGH;
 	}
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_PASS)
