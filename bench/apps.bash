@@ -595,17 +595,8 @@ ua_mc_run() {
     record "$dir" "$line cpu_us=$(us_per_req $((c1 - c0)) "$ops") ticks=$((c1 - c0))"
 }
 
-# pratio ARM_A ARM_B KEY: median over i of (run i of B / run i of A); the runs of one
-# repetition ran within seconds of each other, under the same load, so this resists the
-# machine's drift better than the ratio of the medians
-pratio() {
-    [ -s "$TMP/res.$1" ] && [ -s "$TMP/res.$2" ] || { echo "-"; return; }
-    paste -d' ' <(sed -n "s/.* $3=\([0-9.]*\).*/\1/p" "$TMP/res.$1") \
-                <(sed -n "s/.* $3=\([0-9.]*\).*/\1/p" "$TMP/res.$2") |
-        awk 'NF == 2 && $1 + 0 > 0 { print $2 / $1 }' | sort -g |
-        awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) printf "%.2f\n", v[(NR + 1) / 2];
-              else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
+# pratio ARM_A ARM_B KEY: median over i of (run i of B / run i of A) (run.sh's pairwise)
+pratio() { pairwise "$1" "$2" "$3" 'if (a + 0 > 0) print b / a' '%.2f'; }
 
 # ua_fell NAME: how many recorded runs of NAME (a "_st" record) made no io_uring submission
 # or lost the ring

@@ -155,17 +155,20 @@ vals() {   # vals ARM KEY: every run's value, in run order
     [ -s "$TMP/res.$1" ] || { echo "-"; return; }
     sed -n "s/.* $2=\([0-9.]*\).*/\1/p" "$TMP/res.$1" | tr '\n' ' ' | sed 's/ $//'
 }
-# paired ARM_A ARM_B KEY: median over i of (run i of B - run i of A); the two runs of a pair
-# ran one after the other, under the same load, so this resists bursts of other work better
-# than the difference of the medians
-paired() {
+# pairwise ARM_A ARM_B KEY EXPR FORMAT: the median over i of EXPR (awk, of a = run i of A and
+# b = run i of B; a pair where EXPR cannot be formed is skipped), printed with FORMAT; "-" when
+# there is none. The runs of a pair ran one after the other, under the same load, so this
+# resists the machine's drift better than a figure formed from the two medians.
+pairwise() {
     [ -s "$TMP/res.$1" ] && [ -s "$TMP/res.$2" ] || { echo "-"; return; }
     paste -d' ' <(sed -n "s/.* $3=\([0-9.]*\).*/\1/p" "$TMP/res.$1") \
                 <(sed -n "s/.* $3=\([0-9.]*\).*/\1/p" "$TMP/res.$2") |
-        awk 'NF == 2 { print $2 - $1 }' | sort -g |
-        awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) printf "%+.1f\n", v[(NR + 1) / 2];
-              else printf "%+.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+        awk "NF == 2 { a = \$1; b = \$2; $4 }" | sort -g |
+        awk -v f="$5" '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) printf f "\n", v[(NR + 1) / 2];
+              else printf f "\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
+# paired ARM_A ARM_B KEY: median over i of (run i of B - run i of A)
+paired() { pairwise "$1" "$2" "$3" 'print b - a' '%+.1f'; }
 div() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+.1f", a - b }'; }
 fmt() { awk -v a="$1" 'BEGIN { if (a == "-") print "-"; else if (a + 0 >= 100) printf "%.0f", a; else printf "%.2f", a }'; }
