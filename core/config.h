@@ -32,7 +32,7 @@ struct co_config {
 #define CO_DEFAULT_MAX_BYTES 65536
 #define CO_DEFAULT_LARGE_BYTES 32768
 #define CO_DEFAULT_LINGER_MS 1000
-#define CO_DEFAULT_MAX_MSGS 64
+#define CO_DEFAULT_MAX_MSGS 128
 #define CO_MAX_MSGS_LIMIT 1024 /* UIO_MAXIOV: one sendmmsg at most */
 
 /* Looks up one environment variable; returns NULL when it is not set. */

@@ -15,24 +15,40 @@
 #define UDP_SEGMENT 103
 #endif
 
-/* One queued datagram: this header, the destination (name_len bytes, 0 for
- * the connected peer) and the payload, each padded to CO_REC_ALIGN. */
+/* A record of queued datagrams, all to one destination: count datagrams
+ * laid end to end, each len bytes but the last, which has last_len (at most
+ * len); the first sent of them are out already. Datagrams of one size thus
+ * lie as one UDP GSO send takes them: one buffer, no copy at flush. The
+ * header, the destination (name_len bytes, 0 for the connected peer) and
+ * the payloads are each padded to CO_REC_ALIGN. */
 struct co_rec {
 	uint32_t len;
-	uint32_t name_len;
+	uint32_t last_len;
+	uint16_t name_len;
+	uint16_t count;
+	uint16_t sent;
+	uint16_t unused;
 };
 
 #define CO_REC_ALIGN 8
 #define CO_ALIGN(n) (((n) + CO_REC_ALIGN - 1) & ~(size_t)(CO_REC_ALIGN - 1))
-/* Datagrams sent by one system call at most (the stack holds their headers). */
+/* Datagrams sent by one sendmmsg at most (the stack holds their headers). */
 #define CO_DGRAM_BATCH 64
-/* The kernel's limits on one GSO send (UDP_MAX_SEGMENTS on older kernels). */
-#define CO_GSO_SEGMENTS 64
+/* The kernel's limits on one GSO send: its UDP_MAX_SEGMENTS, 128 on recent
+ * kernels and 64 on older ones (found out by trying), and the bytes of one
+ * IP packet. A record holds at most what the recent kernels take. */
+#define CO_GSO_SEGMENTS 128
+#define CO_GSO_SEGMENTS_OLD 64
 #define CO_GSO_BYTES 65507
+
+static size_t rec_payload(const struct co_rec *r)
+{
+	return (size_t)(r->count - 1) * r->len + r->last_len;
+}
 
 static size_t rec_size(const struct co_rec *r)
 {
-	return sizeof(*r) + CO_ALIGN(r->name_len) + CO_ALIGN(r->len);
+	return sizeof(*r) + CO_ALIGN(r->name_len) + CO_ALIGN(rec_payload(r));
 }
 
 static struct co_rec *rec_at(struct co_fd *f, size_t off)
@@ -45,9 +61,15 @@ static void *rec_name(struct co_rec *r)
 	return r->name_len ? (char *)(r + 1) : NULL;
 }
 
-static void *rec_data(struct co_rec *r)
+static char *rec_data(struct co_rec *r)
 {
 	return (char *)(r + 1) + CO_ALIGN(r->name_len);
+}
+
+/* The size of a record's i-th datagram. */
+static size_t rec_len(const struct co_rec *r, unsigned i)
+{
+	return i + 1 == r->count ? r->last_len : r->len;
 }
 
 static int sockopt_int(struct co_ctx *ctx, int fd, int level, int name, int *val)
@@ -100,7 +122,6 @@ int co__dgram_setup(struct co_ctx *ctx, int fd, struct co_fd *f, int family, int
 
 void co__dgram_release(struct co_ctx *ctx, struct co_fd *f)
 {
-	ctx->sys.free(f->dg->gso_buf);
 	ctx->sys.free(f->dg);
 	f->dg = NULL;
 }
@@ -160,27 +181,76 @@ static enum co_counter dgram_unsupported(struct co_dgram *d, int flags, unsigned
 	return CO_ST_COUNT;
 }
 
-/* Appends one datagram record (its padding left as it is: never sent or
- * compared). Returns 0 or -ENOMEM. */
+/* The queue's last record, if a datagram to the same destination of at
+ * most its size can join it: the record's size, number of datagrams and
+ * bytes stay within one GSO send's, and no shorter one closed it. */
+static struct co_rec *joinable(struct co_fd *f, size_t total, const struct sockaddr *addr,
+			       socklen_t name_len)
+{
+	struct co_rec *r;
+
+	if (!f->dg->last || total == 0)
+		return NULL;
+	r = (struct co_rec *)(f->q.data + f->q.tail - f->dg->last);
+	if (r->count >= CO_GSO_SEGMENTS || total > r->len || r->last_len != r->len ||
+	    rec_payload(r) + total > CO_GSO_BYTES || r->name_len != name_len ||
+	    (name_len && memcmp(rec_name(r), addr, name_len) != 0))
+		return NULL;
+	return r;
+}
+
+/* Copies the total bytes of iov to dst. */
+static void copy_in(char *dst, const struct iovec *iov, int iovcnt, size_t total)
+{
+	int i;
+
+	if (iovcnt == 1) {
+		memcpy(dst, iov[0].iov_base, total);
+		return;
+	}
+	for (i = 0; i < iovcnt; i++) {
+		memcpy(dst, iov[i].iov_base, iov[i].iov_len);
+		dst += iov[i].iov_len;
+	}
+}
+
+/* Appends one datagram: to the last record when it can join it, else as a
+ * new record (its padding left as it is: never sent or compared). Returns
+ * 0 or -ENOMEM. */
 static int dgram_append(struct co_ctx *ctx, struct co_fd *f, const struct iovec *iov,
 			int iovcnt, size_t total, const struct sockaddr *addr, socklen_t addrlen)
 {
-	struct co_rec r = { .len = (uint32_t)total, .name_len = addr ? addrlen : 0 };
+	socklen_t name_len = addr ? addrlen : 0;
+	struct co_rec *r = joinable(f, total, addr, name_len);
+	size_t payload, grow;
 	char *p;
-	int i;
 
-	if (pending_reserve(&f->q, &ctx->sys, rec_size(&r)) < 0)
-		return -ENOMEM;
-	p = pending_tail(&f->q);
-	memcpy(p, &r, sizeof(r));
-	if (r.name_len)
-		memcpy(p + sizeof(r), addr, r.name_len);
-	p += sizeof(r) + CO_ALIGN(r.name_len);
-	for (i = 0; i < iovcnt; i++) {
-		memcpy(p, iov[i].iov_base, iov[i].iov_len);
-		p += iov[i].iov_len;
+	if (r) {
+		payload = rec_payload(r);
+		grow = CO_ALIGN(payload + total) - CO_ALIGN(payload);
+		if (pending_reserve(&f->q, &ctx->sys, grow) < 0)
+			return -ENOMEM;
+		/* The reserve may have moved the queue. */
+		r = (struct co_rec *)(f->q.data + f->q.tail - f->dg->last);
+		copy_in(rec_data(r) + payload, iov, iovcnt, total);
+		r->count++;
+		r->last_len = (uint32_t)total;
+		pending_commit(&f->q, grow);
+		f->dg->last += grow;
+	} else {
+		struct co_rec n = { .len = (uint32_t)total, .last_len = (uint32_t)total,
+				    .name_len = (uint16_t)name_len, .count = 1 };
+
+		if (pending_reserve(&f->q, &ctx->sys, rec_size(&n)) < 0)
+			return -ENOMEM;
+		p = pending_tail(&f->q);
+		memcpy(p, &n, sizeof(n));
+		if (name_len)
+			memcpy(p + sizeof(n), addr, name_len);
+		copy_in(rec_data((struct co_rec *)p), iov, iovcnt, total);
+		pending_commit(&f->q, rec_size(&n));
+		f->dg->last = rec_size(&n);
 	}
-	pending_commit(&f->q, rec_size(&r));
 	f->dg->msgs++;
 	f->writes++;
 	f->wbytes += total;
@@ -245,92 +315,70 @@ ssize_t co__dgram_write(struct co_ctx *ctx, int fd, struct co_fd *f, const struc
 /* Removes the first n datagrams from the queue. */
 static void consume(struct co_fd *f, unsigned n)
 {
-	size_t off = 0;
+	struct co_rec *r;
+	unsigned left;
 
-	while (n--) {
-		off += rec_size(rec_at(f, off));
-		f->dg->msgs--;
-	}
-	pending_consume(&f->q, off);
-}
-
-/* Counts the datagrams at the head that can go in one GSO send with the
- * first: same destination, same size (the last may be shorter). */
-static unsigned gso_run(struct co_fd *f)
-{
-	struct co_rec *first = rec_at(f, 0), *r;
-	size_t off = rec_size(first), bytes = first->len;
-	unsigned n = 1;
-
-	if (!f->dg->gso || first->len == 0 || first->len > f->dg->seg_max)
-		return 1;
-	while (n < f->dg->msgs && n < CO_GSO_SEGMENTS) {
-		r = rec_at(f, off);
-		if (r->len > first->len || r->len == 0 || r->name_len != first->name_len ||
-		    (r->name_len && memcmp(rec_name(r), rec_name(first), r->name_len) != 0) ||
-		    bytes + r->len > CO_GSO_BYTES)
-			break;
-		bytes += r->len;
-		off += rec_size(r);
-		n++;
-		if (r->len < first->len)
-			break;
-	}
-	return n;
-}
-
-/* Copies the payloads msg's iovecs point to into d's GSO buffer, end to
- * end, and makes msg point there: one iovec instead of one per segment.
- * Leaves msg as it is if the buffer cannot grow. */
-static void gather(struct co_ctx *ctx, struct co_dgram *d, struct msghdr *msg)
-{
-	size_t total = 0, off = 0, i;
-	char *buf;
-
-	for (i = 0; i < msg->msg_iovlen; i++)
-		total += msg->msg_iov[i].iov_len;
-	if (total > d->gso_cap) {
-		buf = ctx->sys.realloc(d->gso_buf, total);
-		if (!buf)
+	while (n) {
+		r = rec_at(f, 0);
+		left = (unsigned)(r->count - r->sent);
+		if (n < left) {
+			r->sent = (uint16_t)(r->sent + n);
+			f->dg->msgs -= n;
 			return;
-		d->gso_buf = buf;
-		d->gso_cap = total;
+		}
+		n -= left;
+		f->dg->msgs -= left;
+		pending_consume(&f->q, rec_size(r));
 	}
-	for (i = 0; i < msg->msg_iovlen; i++) {
-		memcpy(d->gso_buf + off, msg->msg_iov[i].iov_base, msg->msg_iov[i].iov_len);
-		off += msg->msg_iov[i].iov_len;
-	}
-	msg->msg_iov[0].iov_base = d->gso_buf;
-	msg->msg_iov[0].iov_len = total;
-	msg->msg_iovlen = 1;
+	if (!pending_len(&f->q))
+		f->dg->last = 0;
 }
 
-/* Sends the first n datagrams (n >= 2) as one GSO send. Returns n, 0 if GSO
- * turned out not to work on this socket (no longer used), or -errno. */
+/* Returns 1 if the rest of record r can go as one GSO send: two datagrams
+ * or more (its appends kept it within the kernel's other limits), each
+ * within one packet. */
+static int gso_worth(const struct co_dgram *d, const struct co_rec *r)
+{
+	return d->gso && r->count - r->sent >= 2 && r->len <= d->seg_max;
+}
+
+/* Returns how many datagrams at the head of the queue one GSO send takes
+ * (the rest of the first record, as far as the kernel takes), or 0 if it
+ * is not to be used: not worth it, or a corked datagram must be completed
+ * by the next one alone. */
+static unsigned gso_run(struct co_ctx *ctx, struct co_fd *f)
+{
+	struct co_rec *r = rec_at(f, 0);
+	unsigned left = (unsigned)(r->count - r->sent);
+
+	if (f->dg->corked || !gso_worth(f->dg, r))
+		return 0;
+	if (left > CO_GSO_SEGMENTS_OLD &&
+	    atomic_load_explicit(&ctx->gso_segments_low, memory_order_relaxed))
+		return CO_GSO_SEGMENTS_OLD;
+	return left;
+}
+
+/* Sends the first n datagrams, all from the first record, as one GSO send.
+ * Returns n, 0 if the kernel refused and they are to go another way (GSO
+ * no longer used on this socket, or fewer segments per send from now on),
+ * or -errno. */
 static ssize_t send_gso(struct co_ctx *ctx, int fd, struct co_fd *f, unsigned n, int flags)
 {
-	struct iovec iov[CO_GSO_SEGMENTS];
 	union {
 		char buf[CMSG_SPACE(sizeof(uint16_t))];
 		struct cmsghdr align;
 	} ctrl;
-	struct co_rec *first = rec_at(f, 0), *r;
-	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = n };
+	struct co_rec *r = rec_at(f, 0);
+	struct iovec iov = { .iov_base = rec_data(r) + (size_t)r->sent * r->len,
+			     .iov_len = (size_t)(n - 1) * r->len + r->last_len };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 	struct cmsghdr *cm;
-	size_t off = 0;
-	uint16_t seg = (uint16_t)first->len;
-	unsigned i;
+	uint16_t seg = (uint16_t)r->len;
 	ssize_t s;
 
-	for (i = 0; i < n; i++) {
-		r = rec_at(f, off);
-		iov[i].iov_base = rec_data(r);
-		iov[i].iov_len = r->len;
-		off += rec_size(r);
-	}
-	gather(ctx, f->dg, &msg);
-	msg.msg_name = rec_name(first);
-	msg.msg_namelen = first->name_len;
+	msg.msg_name = rec_name(r);
+	msg.msg_namelen = r->name_len;
 	memset(&ctrl, 0, sizeof(ctrl));
 	msg.msg_control = ctrl.buf;
 	msg.msg_controllen = sizeof(ctrl.buf);
@@ -346,6 +394,13 @@ static ssize_t send_gso(struct co_ctx *ctx, int fd, struct co_fd *f, unsigned n,
 		co_stat_add(&ctx->stats, CO_ST_flush_bytes, (uint64_t)s);
 		return n;
 	}
+	if (s == -EINVAL && n > CO_GSO_SEGMENTS_OLD) {
+		/* An older kernel: 64 segments per send at most. */
+		if (!atomic_exchange(&ctx->gso_segments_low, 1))
+			co_log(ctx, CO_LOG_INFO, "UDP GSO takes %d segments per send at most",
+			       CO_GSO_SEGMENTS_OLD);
+		return 0;
+	}
 	if (s == -EIO || s == -EINVAL || s == -ENOPROTOOPT || s == -EOPNOTSUPP) {
 		/* No checksum offload on the way out, or the kernel will not:
 		 * these datagrams go again one by one, and GSO no more. */
@@ -359,27 +414,32 @@ static ssize_t send_gso(struct co_ctx *ctx, int fd, struct co_fd *f, unsigned n,
 }
 
 /* Sends up to CO_DGRAM_BATCH datagrams from the head with one sendmmsg,
- * stopping before a run GSO can send. Returns how many went, or -errno. */
+ * stopping before a record GSO can send; only the first datagram if the
+ * kernel holds a corked one open, which it completes. Returns how many went,
+ * or -errno. */
 static ssize_t send_batch(struct co_ctx *ctx, int fd, struct co_fd *f, int flags)
 {
 	struct mmsghdr msgs[CO_DGRAM_BATCH];
 	struct iovec iov[CO_DGRAM_BATCH];
 	struct co_rec *r;
 	size_t off = 0;
-	unsigned n = 0, i;
+	unsigned n = 0, max = f->dg->corked ? 1 : CO_DGRAM_BATCH, i;
 	ssize_t s;
 
 	memset(msgs, 0, sizeof(msgs));
-	while (n < f->dg->msgs && n < CO_DGRAM_BATCH) {
+	while (n < max && off < pending_len(&f->q)) {
 		r = rec_at(f, off);
-		iov[n].iov_base = rec_data(r);
-		iov[n].iov_len = r->len;
-		msgs[n].msg_hdr.msg_iov = &iov[n];
-		msgs[n].msg_hdr.msg_iovlen = 1;
-		msgs[n].msg_hdr.msg_name = rec_name(r);
-		msgs[n].msg_hdr.msg_namelen = r->name_len;
+		if (n && gso_worth(f->dg, r))
+			break;
+		for (i = r->sent; i < r->count && n < max; i++, n++) {
+			iov[n].iov_base = rec_data(r) + (size_t)i * r->len;
+			iov[n].iov_len = rec_len(r, i);
+			msgs[n].msg_hdr.msg_iov = &iov[n];
+			msgs[n].msg_hdr.msg_iovlen = 1;
+			msgs[n].msg_hdr.msg_name = rec_name(r);
+			msgs[n].msg_hdr.msg_namelen = r->name_len;
+		}
 		off += rec_size(r);
-		n++;
 	}
 	s = ctx->sys.sendmmsg(fd, msgs, n, flags | MSG_NOSIGNAL);
 	co_stat_add(&ctx->stats, CO_ST_flush_syscalls, 1);
@@ -393,14 +453,15 @@ static ssize_t send_batch(struct co_ctx *ctx, int fd, struct co_fd *f, int flags
 
 int co__dgram_send_queue(struct co_ctx *ctx, int fd, struct co_fd *f, int flags)
 {
+	struct co_rec *r;
 	unsigned run;
 	ssize_t s;
 
 	if (f->writes)
 		co__fold_writes(ctx, f, 0);
 	while (f->dg->msgs) {
-		run = f->dg->corked ? 1 : gso_run(f);
-		s = run >= 2 ? send_gso(ctx, fd, f, run, flags) : send_batch(ctx, fd, f, flags);
+		run = gso_run(ctx, f);
+		s = run ? send_gso(ctx, fd, f, run, flags) : send_batch(ctx, fd, f, flags);
 		if (s > 0) {
 			consume(f, (unsigned)s);
 			f->dg->corked = 0;
@@ -419,8 +480,9 @@ int co__dgram_send_queue(struct co_ctx *ctx, int fd, struct co_fd *f, int flags)
 		}
 		/* The first datagram was refused: it alone is lost, as it
 		 * would have been; its error is the application's. */
+		r = rec_at(f, 0);
 		co_stat_add(&ctx->stats, CO_ST_dgrams_dropped, 1);
-		co_stat_add(&ctx->stats, CO_ST_bytes_dropped, rec_at(f, 0)->len);
+		co_stat_add(&ctx->stats, CO_ST_bytes_dropped, rec_len(r, r->sent));
 		co_stat_add(&ctx->stats, CO_ST_deferred_errors, 1);
 		co__keep_error(ctx, f, (int)-s);
 		co_log(ctx, CO_LOG_INFO, "fd %d: a queued datagram was refused: error %d", fd,
@@ -432,15 +494,16 @@ int co__dgram_send_queue(struct co_ctx *ctx, int fd, struct co_fd *f, int flags)
 
 size_t co__dgram_discard(struct co_ctx *ctx, struct co_fd *f)
 {
+	struct co_rec *r;
 	size_t bytes = 0, off = 0;
-	unsigned n = f->dg->msgs;
 
-	while (f->dg->msgs) {
-		bytes += rec_at(f, off)->len;
-		off += rec_size(rec_at(f, off));
-		f->dg->msgs--;
+	while (off < pending_len(&f->q)) {
+		r = rec_at(f, off);
+		bytes += rec_payload(r) - (size_t)r->sent * r->len;
+		off += rec_size(r);
 	}
 	pending_discard(&f->q);
-	co_stat_add(&ctx->stats, CO_ST_dgrams_dropped, n);
+	co_stat_add(&ctx->stats, CO_ST_dgrams_dropped, f->dg->msgs);
+	co__dgram_forget(f);
 	return bytes;
 }

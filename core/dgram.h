@@ -23,13 +23,10 @@ struct co_dgram {
 	size_t max_len;          /* larger datagrams are passed to libc */
 	size_t seg_max;          /* larger ones never go in a GSO send */
 	unsigned msgs;           /* datagrams queued */
+	size_t last;             /* size of the queue's last record (0: none) */
 	unsigned ndest, next_dest;
 	socklen_t dest_len[CO_DGRAM_DESTS];
 	struct sockaddr_storage dest[CO_DGRAM_DESTS];
-	/* Where a GSO run's payloads are copied to lie end to end: the
-	 * kernel takes one buffer much faster than one iovec per segment. */
-	char *gso_buf;
-	size_t gso_cap;
 	/* The destination of a send handed to libc, learnt if it succeeds. */
 	socklen_t probe_len;
 	struct sockaddr_storage probe;
@@ -57,5 +54,13 @@ int co__dgram_send_queue(struct co_ctx *ctx, int fd, struct co_fd *f, int flags)
 
 /* Drops f's queue, counting datagrams and their bytes. Returns the bytes. */
 size_t co__dgram_discard(struct co_ctx *ctx, struct co_fd *f);
+
+/* Forgets f's queued datagrams once its byte queue has been emptied
+ * without them being sent or counted (in a forked child). */
+static inline void co__dgram_forget(struct co_fd *f)
+{
+	f->dg->msgs = 0;
+	f->dg->last = 0;
+}
 
 #endif

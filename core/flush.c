@@ -384,7 +384,7 @@ static void reset_in_child(int fd, struct co_fd *f, void *argp)
 	pending_discard(&f->q);
 	pending_release(&f->q, &ctx->sys);
 	if (f->dg)
-		f->dg->msgs = 0;
+		co__dgram_forget(f);
 	f->writes = 0;
 	f->wbytes = 0;
 	memset(f->calls, 0, sizeof(f->calls));

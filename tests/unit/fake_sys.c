@@ -5,12 +5,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
 
 #define FAKE_STEPS 16
 #define FAKE_LOG_SIZE 65536
@@ -39,6 +44,10 @@ struct fake_fd {
 	unsigned chaos_state;
 	int closes;       /* sys.close calls on this fd. */
 	int placeholder;  /* sys.placeholder put an inert socket here. */
+	int gso_segments; /* UDP GSO offered, with this limit (0: not offered). */
+	int gso_err;      /* Every GSO send fails with -gso_err. */
+	uint32_t *dgrams; /* FAKE_UDP: the size of each datagram sent, in order. */
+	size_t ndgrams, dgrams_cap;
 };
 
 static pthread_mutex_t fake_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -102,6 +111,18 @@ static void wire_append(struct fake_fd *s, const void *buf, size_t len)
 	s->wire_len += len;
 }
 
+/* Records a datagram of len bytes sent on s. */
+static void dgram_append(struct fake_fd *s, size_t len)
+{
+	if (s->ndgrams == s->dgrams_cap) {
+		s->dgrams_cap = s->dgrams_cap ? 2 * s->dgrams_cap : 256;
+		s->dgrams = realloc(s->dgrams, s->dgrams_cap * sizeof(*s->dgrams));
+		if (!s->dgrams)
+			abort();
+	}
+	s->dgrams[s->ndgrams++] = (uint32_t)len;
+}
+
 /* The fake kernel's send: applies the script, then the socket's state.
  * Returns how many bytes it accepts, or -errno. fake_lock is held. */
 static ssize_t fake_decide(struct fake_fd *s, const struct iovec *iov, int iovcnt,
@@ -138,8 +159,11 @@ static ssize_t fake_decide(struct fake_fd *s, const struct iovec *iov, int iovcn
 	return (ssize_t)offered;
 }
 
-/* Shared by sendmsg and writev: records the call and the accepted bytes. */
-static ssize_t fake_send(int fd, const struct iovec *iov, int iovcnt, int flags, int had_name)
+/* Shared by sendmsg and writev: records the call and the accepted bytes
+ * (on a UDP socket, the datagrams: those of gso bytes each but the last, or
+ * one if gso is 0). A GSO send the socket does not take fails first. */
+static ssize_t fake_send(int fd, const struct iovec *iov, int iovcnt, int flags, int had_name,
+			 size_t gso)
 {
 	struct fake_fd *s;
 	size_t offered = 0, left;
@@ -154,7 +178,12 @@ static ssize_t fake_send(int fd, const struct iovec *iov, int iovcnt, int flags,
 	}
 	for (i = 0; i < iovcnt; i++)
 		offered += iov[i].iov_len;
-	result = fake_decide(s, iov, iovcnt, flags, offered);
+	if (gso && s->gso_err)
+		result = -s->gso_err;
+	else if (gso && (!s->gso_segments || offered > gso * (size_t)s->gso_segments))
+		result = -EINVAL;
+	else
+		result = fake_decide(s, iov, iovcnt, flags, offered);
 	if (result > 0) {
 		left = (size_t)result;
 		for (i = 0; i < iovcnt && left > 0; i++) {
@@ -163,6 +192,11 @@ static ssize_t fake_send(int fd, const struct iovec *iov, int iovcnt, int flags,
 			wire_append(s, iov[i].iov_base, n);
 			left -= n;
 		}
+	}
+	if (result >= 0 && s->kind == FAKE_UDP) {
+		for (left = (size_t)result; gso && left > gso; left -= gso)
+			dgram_append(s, gso);
+		dgram_append(s, left);
 	}
 	s->send_calls++;
 	fake_total_calls++;
@@ -182,6 +216,22 @@ static ssize_t fake_send(int fd, const struct iovec *iov, int iovcnt, int flags,
 	return result;
 }
 
+/* The segment size of a UDP_SEGMENT control message in msg, or 0. */
+static size_t gso_size(const struct msghdr *msg)
+{
+	struct cmsghdr *cm;
+	uint16_t seg;
+
+	for (cm = CMSG_FIRSTHDR(msg); cm; cm = CMSG_NXTHDR((struct msghdr *)msg, cm)) {
+		if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_SEGMENT &&
+		    cm->cmsg_len == CMSG_LEN(sizeof(seg))) {
+			memcpy(&seg, CMSG_DATA(cm), sizeof(seg));
+			return seg;
+		}
+	}
+	return 0;
+}
+
 static ssize_t fake_sendmsg(int fd, const struct msghdr *msg, int flags)
 {
 	int inert;
@@ -192,7 +242,7 @@ static ssize_t fake_sendmsg(int fd, const struct msghdr *msg, int flags)
 	if (inert)
 		return -ENOTCONN;
 	return fake_send(fd, msg->msg_iov, (int)msg->msg_iovlen, flags,
-			 msg->msg_name != NULL || msg->msg_control != NULL);
+			 msg->msg_name != NULL || msg->msg_control != NULL, gso_size(msg));
 }
 
 /* Each message is one send of its own, recorded like sendmsg's; stops at
@@ -229,7 +279,7 @@ static ssize_t fake_writev(int fd, const struct iovec *iov, int iovcnt)
 	pthread_mutex_lock(&fake_lock);
 	fake_writev_count++;
 	pthread_mutex_unlock(&fake_lock);
-	return fake_send(fd, iov, iovcnt, 0, 0);
+	return fake_send(fd, iov, iovcnt, 0, 0, 0);
 }
 
 /* The socket type, domain and protocol a kind of fake socket reports. */
@@ -266,7 +316,7 @@ static void fake_identity(enum fake_sock kind, int *type, int *domain, int *prot
 static int fake_getsockopt(int fd, int level, int name, void *val, socklen_t *len)
 {
 	struct fake_fd *s;
-	int type, domain, protocol, answer;
+	int type, domain, protocol, answer, gso;
 
 	pthread_mutex_lock(&fake_lock);
 	s = fake_fd_get(fd);
@@ -281,7 +331,14 @@ static int fake_getsockopt(int fd, int level, int name, void *val, socklen_t *le
 		return -ENOTSOCK;
 	}
 	fake_identity(s->kind, &type, &domain, &protocol);
+	gso = s->gso_segments;
 	pthread_mutex_unlock(&fake_lock);
+	if (level == SOL_UDP && type == SOCK_DGRAM && *len >= sizeof(int) &&
+	    ((name == UDP_SEGMENT && gso) || name == UDP_CORK)) {
+		memset(val, 0, sizeof(int));
+		*len = sizeof(int);
+		return 0;
+	}
 	if (level != SOL_SOCKET || *len < sizeof(int))
 		return -EINVAL;
 	switch (name) {
@@ -514,7 +571,7 @@ static int fake_ring_send_batch(struct co_ring_req *reqs, int n)
 	for (i = 0; i < n && i < run; i++)
 		reqs[i].result = fake_send(reqs[i].fd, reqs[i].msg.msg_iov,
 					   (int)reqs[i].msg.msg_iovlen,
-					   MSG_DONTWAIT | MSG_NOSIGNAL, 0);
+					   MSG_DONTWAIT | MSG_NOSIGNAL, 0, 0);
 	return err ? -err : 0;
 }
 
@@ -573,6 +630,7 @@ void fake_reset(void)
 	pthread_mutex_lock(&fake_lock);
 	for (fd = 0; fd < FAKE_MAX_FD; fd++) {
 		free(fake_fds[fd].wire);
+		free(fake_fds[fd].dgrams);
 		memset(&fake_fds[fd], 0, sizeof(fake_fds[fd]));
 		fake_fds[fd].polls_until_free = -1;
 	}
@@ -580,6 +638,7 @@ void fake_reset(void)
 	fake_total_calls = 0;
 	fake_empty_calls = 0;
 	fake_writev_count = 0;
+	fake_sendmmsg_count = 0;
 	memset(&fake_last, 0, sizeof(fake_last));
 	fake_polls = 0;
 	fake_poll_fd = -1;
@@ -629,6 +688,30 @@ void fake_socket(int fd, enum fake_sock kind)
 	pthread_mutex_unlock(&fake_lock);
 }
 
+void fake_udp_gso(int fd, int max_segments, int err)
+{
+	struct fake_fd *s;
+
+	pthread_mutex_lock(&fake_lock);
+	s = fake_fd_must(fd);
+	s->gso_segments = max_segments;
+	s->gso_err = err;
+	pthread_mutex_unlock(&fake_lock);
+}
+
+size_t fake_dgrams(int fd, const uint32_t **lens)
+{
+	struct fake_fd *s;
+	size_t n;
+
+	pthread_mutex_lock(&fake_lock);
+	s = fake_fd_must(fd);
+	*lens = s->dgrams;
+	n = s->ndgrams;
+	pthread_mutex_unlock(&fake_lock);
+	return n;
+}
+
 void fake_dup(int newfd, int oldfd)
 {
 	pthread_mutex_lock(&fake_lock);
@@ -645,6 +728,7 @@ void fake_forget_sends(void)
 	pthread_mutex_lock(&fake_lock);
 	for (fd = 0; fd < FAKE_MAX_FD; fd++) {
 		fake_fds[fd].wire_len = 0;
+		fake_fds[fd].ndgrams = 0;
 		fake_fds[fd].send_calls = 0;
 	}
 	fake_total_calls = 0;

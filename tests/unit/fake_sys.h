@@ -69,6 +69,18 @@ void fake_socket(int fd, enum fake_sock kind);
  * with one identity, one wire and one script, until fake_socket(newfd). */
 void fake_dup(int newfd, int oldfd);
 
+/* Makes the UDP socket fd offer GSO (getsockopt UDP_SEGMENT succeeds) if
+ * max_segments is not 0: a send with a UDP_SEGMENT control message of more
+ * segments fails with -EINVAL, as does one on a socket not offering it; if
+ * err is not 0, every GSO send fails with -err. To be set before fd is
+ * first used. */
+void fake_udp_gso(int fd, int max_segments, int err);
+
+/* The size of each datagram sent on the UDP socket fd so far, in order (a
+ * GSO send counts as its segments). The pointer is valid until the next
+ * call into the fake. Returns their number. */
+size_t fake_dgrams(int fd, const uint32_t **lens);
+
 /* The next calls sendmsg calls on fd accept at most max bytes each. */
 void fake_send_limit(int fd, size_t max, int calls);
 

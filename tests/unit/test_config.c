@@ -363,7 +363,7 @@ static const struct numeric_var numeric_vars[] = {
 	{ "COALESCE_MAX_BYTES", "65536", max_out },
 	{ "COALESCE_LARGE_BYTES", "32768", large_out },
 	{ "COALESCE_LINGER_MS", "1000", linger_out },
-	{ "COALESCE_MAX_MSGS", "64", msgs_out },
+	{ "COALESCE_MAX_MSGS", "128", msgs_out },
 	{ "COALESCE_STATS_INTERVAL_MS", "0", interval_out },
 };
 

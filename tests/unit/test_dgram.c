@@ -1,0 +1,306 @@
+/* Datagram queues (core/dgram.c): records of equal-size datagrams sent as
+ * one UDP GSO send, short runs and other sizes with sendmmsg, the kernel's
+ * segment limit, GSO refused, sendmmsg stopping inside a record, a refused
+ * datagram, and a queue dropped at exit. Every test checks the size of each
+ * datagram that reached the fake socket and the bytes, in order. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "app.h"
+#include "fake_sys.h"
+#include "stream.h"
+
+#define FD 30
+
+struct fixture {
+	struct co_ctx *ctx;
+	struct app a; /* fd FD, a connected UDP socket */
+};
+
+/* Makes a context (cfg NULL: the defaults) and a UDP socket whose GSO
+ * support is given as to fake_udp_gso, and makes its first, lone write: the
+ * next ones are queued. Wires and counters then start from nothing. */
+static struct co_ctx *start(struct fixture *fx, const struct co_config *cfg, int gso_segments,
+			    int gso_err)
+{
+	fake_ctx_free(fx->ctx);
+	app_close(&fx->a);
+	fake_reset();
+	app_open(&fx->a, FD, FAKE_UDP, 7);
+	fake_udp_gso(FD, gso_segments, gso_err);
+	fx->ctx = fake_ctx_new(cfg);
+	app_start(fx->ctx, &fx->a);
+	fake_forget_sends();
+	memset(&fx->ctx->stats, 0, sizeof(fx->ctx->stats));
+	return fx->ctx;
+}
+
+static int setup(void **state)
+{
+	struct fixture *fx = calloc(1, sizeof(*fx));
+
+	if (!fx)
+		return -1;
+	*state = fx;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *fx = *state;
+
+	fake_ctx_free(fx->ctx);
+	app_close(&fx->a);
+	free(fx);
+	fake_reset();
+	return 0;
+}
+
+static uint64_t stat_of(struct co_ctx *ctx, enum co_counter c)
+{
+	return co_stat_get(&ctx->stats, c);
+}
+
+/* Queues one datagram per size, each taken whole without a system call. */
+static void queue_sizes(struct co_ctx *ctx, struct app *a, const size_t *sizes, size_t n)
+{
+	int calls = fake_send_calls(a->fd);
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		assert_int_equal(app_write(ctx, a, sizes[i], 0), (ssize_t)sizes[i]);
+	assert_int_equal(fake_send_calls(a->fd), calls);
+}
+
+static void queue_equal(struct co_ctx *ctx, struct app *a, size_t n, size_t len)
+{
+	size_t *sizes = malloc(n * sizeof(*sizes)), i;
+
+	assert_non_null(sizes);
+	for (i = 0; i < n; i++)
+		sizes[i] = len;
+	queue_sizes(ctx, a, sizes, n);
+	free(sizes);
+}
+
+/* Checks that the datagrams on the wire since the start have these sizes,
+ * in order, and that their bytes are the application's, from skip on. */
+static void check_dgrams(const struct app *a, size_t skip, const size_t *sizes, size_t n)
+{
+	const uint32_t *lens;
+	const char *wire;
+	size_t i, total = 0, len;
+
+	assert_int_equal(fake_dgrams(a->fd, &lens), n);
+	for (i = 0; i < n; i++) {
+		assert_int_equal(lens[i], sizes[i]);
+		total += sizes[i];
+	}
+	wire = fake_wire(a->fd, &len);
+	assert_int_equal(len, total);
+	assert_memory_equal(wire, a->src + skip, total);
+}
+
+static void check_equal_dgrams(const struct app *a, size_t n, size_t len)
+{
+	size_t *sizes = malloc(n * sizeof(*sizes)), i;
+
+	assert_non_null(sizes);
+	for (i = 0; i < n; i++)
+		sizes[i] = len;
+	check_dgrams(a, 0, sizes, n);
+	free(sizes);
+}
+
+/* 128 equal datagrams (the default COALESCE_MAX_MSGS) go out when the
+ * last is queued, as one GSO send of one buffer. */
+static void test_equal_datagrams_go_as_one_gso_send(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = start(fx, NULL, 128, 0);
+
+	queue_equal(ctx, &fx->a, 127, 64);
+	assert_int_equal(fake_send_calls(FD), 0);
+	assert_int_equal(app_write(ctx, &fx->a, 64, 0), 64);
+	assert_int_equal(fake_send_calls(FD), 1);
+	assert_int_equal(fake_last_call().iovcnt, 1);
+	assert_int_equal(fake_last_call().offered, 128 * 64);
+	check_equal_dgrams(&fx->a, 128, 64);
+	assert_int_equal(app_queued(ctx, FD), 0);
+	assert_int_equal(stat_of(ctx, CO_ST_dgram_flush_gso), 1);
+	assert_int_equal(stat_of(ctx, CO_ST_dgram_flush_sendmmsg), 0);
+	assert_int_equal(stat_of(ctx, CO_ST_dgrams_queued), 128);
+}
+
+/* A shorter datagram ends a GSO run (it is its last segment); a longer
+ * one starts the next. */
+static void test_shorter_datagram_ends_a_gso_run(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = start(fx, NULL, 128, 0);
+	static const size_t sizes[] = { 100, 100, 100, 40, 100, 100, 7, 9 };
+
+	queue_sizes(ctx, &fx->a, sizes, 8);
+	co_flush_all_nowait(ctx, CO_ST_flush_read);
+	check_dgrams(&fx->a, 0, sizes, 8);
+	/* 100 100 100 40 | 100 100 7 | 9 */
+	assert_int_equal(stat_of(ctx, CO_ST_dgram_flush_gso), 2);
+	assert_int_equal(stat_of(ctx, CO_ST_dgram_flush_sendmmsg), 1);
+	assert_int_equal(app_queued(ctx, FD), 0);
+}
+
+/* Datagrams of other sizes go with one sendmmsg, which stops before a run
+ * that GSO sends. */
+static void test_sendmmsg_stops_before_a_gso_run(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = start(fx, NULL, 128, 0);
+	static const size_t sizes[] = { 1, 64, 100, 30, 30, 30, 500 };
+
+	queue_sizes(ctx, &fx->a, sizes, 7);
+	co_flush_all_nowait(ctx, CO_ST_flush_read);
+	check_dgrams(&fx->a, 0, sizes, 7);
+	/* 1 64 (sendmmsg) | 100 30 (GSO: a shorter last one) | 30 30 (GSO) | 500 */
+	assert_int_equal(stat_of(ctx, CO_ST_dgram_flush_sendmmsg), 2);
+	assert_int_equal(stat_of(ctx, CO_ST_dgram_flush_gso), 2);
+	assert_int_equal(fake_sendmmsg_calls(), 2);
+}
+
+/* A kernel that takes 64 segments per GSO send: the first send of 128 is
+ * refused with EINVAL and the same datagrams go as two sends of 64; later
+ * flushes send 64 at a time at once. GSO stays on. */
+static void test_older_kernel_gets_64_segments_per_send(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_config cfg;
+	struct co_ctx *ctx;
+
+	fake_config(&cfg);
+	cfg.log_level = CO_LOG_INFO;
+	ctx = start(fx, &cfg, 64, 0);
+
+	queue_equal(ctx, &fx->a, 127, 20);
+	assert_int_equal(app_write(ctx, &fx->a, 20, 0), 20);
+	assert_int_equal(fake_send_calls(FD), 3);
+	check_equal_dgrams(&fx->a, 128, 20);
+	assert_int_equal(stat_of(ctx, CO_ST_dgram_flush_gso), 2);
+	assert_int_equal(stat_of(ctx, CO_ST_dgram_gso_fallbacks), 0);
+	assert_non_null(strstr(fake_log(), "64 segments"));
+	queue_equal(ctx, &fx->a, 127, 20);
+	assert_int_equal(app_write(ctx, &fx->a, 20, 0), 20);
+	assert_int_equal(fake_send_calls(FD), 5);
+	check_equal_dgrams(&fx->a, 256, 20);
+	assert_int_equal(stat_of(ctx, CO_ST_dgram_flush_gso), 4);
+}
+
+/* GSO refused (EIO: no checksum offload on the way out): the same
+ * datagrams go one by one with sendmmsg, and GSO is not tried again on
+ * that socket. */
+static void test_gso_refused_sends_one_by_one_from_then_on(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = start(fx, NULL, 128, EIO);
+
+	queue_equal(ctx, &fx->a, 10, 50);
+	co_flush_all_nowait(ctx, CO_ST_flush_read);
+	check_equal_dgrams(&fx->a, 10, 50);
+	assert_int_equal(stat_of(ctx, CO_ST_dgram_gso_fallbacks), 1);
+	assert_int_equal(fake_sendmmsg_calls(), 1);
+	assert_int_equal(fake_send_calls(FD), 1 + 10);
+	queue_equal(ctx, &fx->a, 10, 50);
+	co_flush_all_nowait(ctx, CO_ST_flush_read);
+	check_equal_dgrams(&fx->a, 20, 50);
+	assert_int_equal(fake_send_calls(FD), 1 + 20);
+	assert_int_equal(stat_of(ctx, CO_ST_dgram_gso_fallbacks), 1);
+}
+
+/* sendmmsg sends part of a record, then the socket is full: the rest stays
+ * queued, more datagrams join it, and the next flush sends each exactly
+ * once, in order. */
+static void test_sendmmsg_resumes_inside_a_record(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = start(fx, NULL, 0, 0);
+
+	queue_equal(ctx, &fx->a, 10, 30);
+	fake_send_limit(FD, 1000, 3);
+	fake_send_error(FD, EAGAIN, 2);
+	co_flush_all_nowait(ctx, CO_ST_flush_read);
+	check_equal_dgrams(&fx->a, 3, 30);
+	assert_true(app_queued(ctx, FD) > 0);
+	assert_int_equal(stat_of(ctx, CO_ST_flush_eagain), 1);
+	queue_equal(ctx, &fx->a, 2, 30);
+	co_flush_all_nowait(ctx, CO_ST_flush_read);
+	check_equal_dgrams(&fx->a, 12, 30);
+	assert_int_equal(app_queued(ctx, FD), 0);
+	assert_int_equal(stat_of(ctx, CO_ST_dgrams_dropped), 0);
+}
+
+/* The kernel refuses the first datagram of a GSO run (ICMP port
+ * unreachable): that one alone is lost and its error goes to the next
+ * call; the rest of the run still goes as one GSO send. */
+static void test_refused_first_datagram_of_a_gso_run(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = start(fx, NULL, 128, 0);
+	static const size_t rest[] = { 20, 20, 20, 20 };
+
+	queue_equal(ctx, &fx->a, 5, 20);
+	fake_send_error(FD, ECONNREFUSED, 1);
+	co_flush_all_nowait(ctx, CO_ST_flush_read);
+	check_dgrams(&fx->a, 20, rest, 4);
+	assert_int_equal(stat_of(ctx, CO_ST_dgrams_dropped), 1);
+	assert_int_equal(stat_of(ctx, CO_ST_bytes_dropped), 20);
+	assert_int_equal(stat_of(ctx, CO_ST_dgram_flush_gso), 1);
+	assert_int_equal(test_write(ctx, FD, "x", 1, 0), -ECONNREFUSED);
+	assert_int_equal(test_write(ctx, FD, "x", 1, 0), 1);
+}
+
+/* At exit, a socket that stays full past the linger time: what is left of
+ * a partly sent record is dropped and counted, datagrams and bytes. */
+static void test_dropped_queue_counts_what_was_not_sent(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_config cfg;
+	struct co_ctx *ctx;
+
+	fake_config(&cfg);
+	cfg.linger_ns = 1000000;
+	ctx = start(fx, &cfg, 0, 0);
+	queue_equal(ctx, &fx->a, 10, 30);
+	fake_send_limit(FD, 1000, 3);
+	fake_send_error(FD, EAGAIN, 2);
+	co_flush_all_nowait(ctx, CO_ST_flush_read);
+	check_equal_dgrams(&fx->a, 3, 30);
+	fake_send_full(FD, 1);
+	co_flush_all_final(ctx, CO_ST_flush_exit);
+	assert_int_equal(stat_of(ctx, CO_ST_dgrams_dropped), 7);
+	assert_int_equal(stat_of(ctx, CO_ST_bytes_dropped), 7 * 30);
+	assert_int_equal(app_queued(ctx, FD), 0);
+	check_equal_dgrams(&fx->a, 3, 30);
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		T(test_equal_datagrams_go_as_one_gso_send),
+		T(test_shorter_datagram_ends_a_gso_run),
+		T(test_sendmmsg_stops_before_a_gso_run),
+		T(test_older_kernel_gets_64_segments_per_send),
+		T(test_gso_refused_sends_one_by_one_from_then_on),
+		T(test_sendmmsg_resumes_inside_a_record),
+		T(test_refused_first_datagram_of_a_gso_run),
+		T(test_dropped_queue_counts_what_was_not_sent),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
