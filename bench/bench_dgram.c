@@ -11,6 +11,8 @@
  *   mmsg    connected socket, sendmmsg() of 64 datagrams of 64 bytes per call
  *   gso     connected socket, UDP GSO: one send of 64 segments of 64 bytes (a UDP_SEGMENT
  *           control message); the receiver, without UDP_GRO, gets 64 separate datagrams
+ *   gsomax  as gso, with as many segments per send as the kernel takes (128 on recent
+ *           kernels, 64 on older ones; tried on a throwaway socket before the clock starts)
  *   rand    connected socket, one send() per datagram of 1..1400 bytes (pseudo-random)
  *   multi   unconnected socket, one sendto() of 64 bytes per datagram to 4 receiving sockets
  *           in turn
@@ -53,6 +55,7 @@
 
 #define SMALL 64
 #define BATCH 64
+#define GSO_MAX 128
 #define MAX_DGRAM 1400
 #define DESTS 4
 #define RCVBUF (32 * 1024 * 1024)
@@ -249,6 +252,31 @@ static int send_one(int fd, const void *p, size_t len, const struct sockaddr_in 
     }
 }
 
+/* How many segments of SMALL bytes one UDP GSO send may carry here: GSO_MAX
+ * if the kernel takes that many (tried on a socket of its own, sending to
+ * a socket of this process that is then closed), else BATCH. */
+static int gso_max_segments(void)
+{
+    static unsigned char buf[GSO_MAX * SMALL];
+    struct sockaddr_in sink;
+    int rx = rx_socket(&sink), tx = udp_socket(), segs = BATCH;
+    char ctrl[CMSG_SPACE(sizeof(uint16_t))] = {0};
+    struct iovec iov = {buf, sizeof buf};
+    struct msghdr msg = {.msg_name = &sink, .msg_namelen = sizeof sink, .msg_iov = &iov,
+                         .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof ctrl};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    uint16_t seg = SMALL;
+
+    cm->cmsg_level = SOL_UDP;
+    cm->cmsg_type = UDP_SEGMENT;
+    cm->cmsg_len = CMSG_LEN(sizeof seg);
+    memcpy(CMSG_DATA(cm), &seg, sizeof seg);
+    if (sendmsg(tx, &msg, 0) == (ssize_t)sizeof buf) segs = GSO_MAX;
+    close(tx);
+    close(rx);
+    return segs;
+}
+
 int main(int argc, char **argv)
 {
     if (argc >= 6 && strcmp(argv[1], "--recv") == 0) {
@@ -258,14 +286,15 @@ int main(int argc, char **argv)
         return receiver(atoi(argv[2]), atoi(argv[3]), strtoull(argv[4], NULL, 10), n, fds);
     }
     if (argc != 3) {
-        fprintf(stderr, "usage: %s send|mmsg|gso|rand|multi COUNT\n", argv[0]);
+        fprintf(stderr, "usage: %s send|mmsg|gso|gsomax|rand|multi COUNT\n", argv[0]);
         return 2;
     }
     const char *mode = argv[1];
     uint64_t count = strtoull(argv[2], NULL, 10);
     int m_send = !strcmp(mode, "send"), m_mmsg = !strcmp(mode, "mmsg"),
-        m_gso = !strcmp(mode, "gso"), m_rand = !strcmp(mode, "rand"),
+        m_gso = !strcmp(mode, "gso") || !strcmp(mode, "gsomax"), m_rand = !strcmp(mode, "rand"),
         m_multi = !strcmp(mode, "multi");
+    int per_gso = !strcmp(mode, "gsomax") ? gso_max_segments() : BATCH;
     if (!(m_send || m_mmsg || m_gso || m_rand || m_multi) || count == 0 || count > UINT32_MAX) {
         fprintf(stderr, "bad mode or count\n");
         return 2;
@@ -311,11 +340,11 @@ int main(int argc, char **argv)
     if (read(from_rx[0], &ready, 1) != 1) die("wait for receiver");
 
     /* Everything a mode sends is laid out before the clock starts. */
-    static unsigned char batch[BATCH][SMALL];
+    static unsigned char batch[GSO_MAX][SMALL];
     static unsigned char by_len[MAX_DGRAM + 1][MAX_DGRAM];
     uint16_t *lens = NULL;
     uint64_t total = 0, errors = 0;
-    for (int j = 0; j < BATCH; j++) fill(batch[j], 0, SMALL);
+    for (int j = 0; j < GSO_MAX; j++) fill(batch[j], 0, SMALL);
     if (m_rand) {
         if (!(lens = malloc(sizeof *lens * count))) die("malloc");
         for (size_t len = 1; len <= MAX_DGRAM; len++) fill(by_len[len], 0, len);
@@ -345,8 +374,9 @@ int main(int argc, char **argv)
 
     uint64_t t0 = now_ns();
     if (m_mmsg || m_gso) {
-        for (uint64_t i = 0; i < count; i += BATCH) {
-            int n = count - i < BATCH ? (int)(count - i) : BATCH;
+        int per = m_gso ? per_gso : BATCH;
+        for (uint64_t i = 0; i < count; i += (uint64_t)per) {
+            int n = count - i < (uint64_t)per ? (int)(count - i) : per;
             for (int j = 0; j < n; j++) set_header(batch[j], (uint32_t)(i + (uint64_t)j));
             if (m_gso) {
                 gso_iov.iov_len = (size_t)n * SMALL;

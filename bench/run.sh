@@ -409,6 +409,7 @@ scenario_dgram() {
         run d_shim      1 "$OUT/bench_dgram" send  "$DG_COUNT"
         run d_mmsg      0 "$OUT/bench_dgram" mmsg  "$DG_COUNT"
         run d_gso       0 "$OUT/bench_dgram" gso   "$DG_COUNT"
+        run d_gsomax    0 "$OUT/bench_dgram" gsomax "$DG_COUNT"
         run d_rand      0 "$OUT/bench_dgram" rand  "$DG_COUNT"
         run d_rand_shim 1 "$OUT/bench_dgram" rand  "$DG_COUNT"
         run d_multi     0 "$OUT/bench_dgram" multi "$DG_COUNT"
@@ -420,6 +421,7 @@ scenario_dgram() {
     printf '  %-44s %9s %7s %9s %9s %8s %6s   %s\n' arm ns/dgram ratio "send loop" received dropped lost "runs (ns/dgram)"
     for k in d_send:d_send:"64 B, send() each, connected" d_shim:d_send:"64 B, shim (the send() binary)" \
              d_mmsg:d_send:"64 B, sendmmsg() of 64" d_gso:d_send:"64 B, UDP GSO, 64 segments per send" \
+             d_gsomax:d_send:"64 B, UDP GSO, the kernel's most segments" \
              d_rand:d_rand:"1..1400 B, send() each" d_rand_shim:d_rand:"1..1400 B, shim" \
              d_multi:d_multi:"64 B, sendto() 4 destinations in turn" d_multi_shim:d_multi:"64 B, 4 destinations, shim"; do
         label=${k#*:}; base=${label%%:*}; label=${label#*:}; k=${k%%:*}
