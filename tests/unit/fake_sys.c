@@ -763,6 +763,16 @@ void fake_send_error(int fd, int err, int calls)
 	fake_add_step(fd, err, 0, calls);
 }
 
+int fake_script_left(int fd)
+{
+	int n;
+
+	pthread_mutex_lock(&fake_lock);
+	n = fake_fd_must(fd)->nsteps;
+	pthread_mutex_unlock(&fake_lock);
+	return n;
+}
+
 void fake_send_full(int fd, int full)
 {
 	pthread_mutex_lock(&fake_lock);

@@ -87,6 +87,10 @@ void fake_send_limit(int fd, size_t max, int calls);
 /* The next calls sendmsg calls on fd fail with -err (err is positive). */
 void fake_send_error(int fd, int err, int calls);
 
+/* The number of script steps (fake_send_limit, fake_send_error) given for
+ * fd that its calls have not used up yet. */
+int fake_script_left(int fd);
+
 /* While full, every sendmsg on fd that no script step covers fails with
  * -EAGAIN, and poll reports fd as not writable. */
 void fake_send_full(int fd, int full);

@@ -289,6 +289,109 @@ static void test_dropped_queue_counts_what_was_not_sent(void **state)
 	check_equal_dgrams(&fx->a, 3, 30);
 }
 
+/* Random sequences: datagrams of sizes that often repeat (runs) or shrink
+ * (closing runs), flushes, and a fake kernel that takes part of a batch,
+ * says EAGAIN or ENOBUFS (the queue stays), refuses a datagram
+ * (ECONNREFUSED, EHOSTUNREACH: that one is lost), offers GSO or not, takes
+ * 64 or 128 segments, or refuses GSO. Whatever happens, the datagrams on
+ * the wire are those the application was told were taken, in order, each
+ * whole and at most once, and every missing one is counted as dropped. */
+#define RANDOM_SEEDS 40
+#define RANDOM_OPS 400
+#define RANDOM_MAX_DGRAMS (RANDOM_OPS + 1)
+
+static uint32_t next_random(uint32_t *x)
+{
+	*x ^= *x << 13;
+	*x ^= *x >> 17;
+	*x ^= *x << 5;
+	return *x;
+}
+
+/* Checks the wire of a against the datagrams it was told were taken
+ * (offset and size in its source each): the wire's datagrams are those, in
+ * order, some missing; returns how many are missing. */
+static size_t check_subsequence(const struct app *a, const size_t *off, const size_t *len,
+				size_t n)
+{
+	const uint32_t *lens;
+	const char *wire;
+	size_t nwire = fake_dgrams(a->fd, &lens), wlen, w = 0, i = 0, j, missing = 0;
+
+	wire = fake_wire(a->fd, &wlen);
+	for (j = 0; j < nwire; j++) {
+		while (i < n && (len[i] != lens[j] || w + len[i] > wlen ||
+				 memcmp(wire + w, a->src + off[i], len[i]) != 0)) {
+			missing++;
+			i++;
+		}
+		assert_true(i < n);
+		w += lens[j];
+		i++;
+	}
+	assert_int_equal(w, wlen);
+	return missing + (n - i);
+}
+
+static void random_sequence(struct fixture *fx, uint32_t seed)
+{
+	static const int errs[] = { EAGAIN, ENOBUFS, ECONNREFUSED, EHOSTUNREACH };
+	static const int gso_modes[][2] = { { 0, 0 }, { 128, 0 }, { 64, 0 }, { 128, EIO } };
+	size_t off[RANDOM_MAX_DGRAMS], len[RANDOM_MAX_DGRAMS], n = 0, size = 100;
+	uint32_t x = seed * 2654435761u + 1;
+	struct co_config cfg;
+	struct co_ctx *ctx;
+	const int *mode;
+	ssize_t r;
+	int op, i, err;
+
+	fake_config(&cfg);
+	cfg.max_msgs = 2 + next_random(&x) % 160;
+	mode = gso_modes[next_random(&x) % 4];
+	ctx = start(fx, &cfg, mode[0], mode[1]);
+	for (op = 0; op < RANDOM_OPS; op++) {
+		switch (next_random(&x) % 10) {
+		case 0:
+			co_flush_all_nowait(ctx, CO_ST_flush_read);
+			break;
+		case 1:
+			if (fake_script_left(FD) > 0)
+				break;
+			fake_send_limit(FD, 1u << 20, (int)(next_random(&x) % 6));
+			fake_send_error(FD, errs[next_random(&x) % 4], 1);
+			break;
+		default:
+			i = (int)(next_random(&x) % 10);
+			if (i >= 6)
+				size = 1 + next_random(&x) % 1500;
+			else if (i >= 4 && size > 1)
+				size = 1 + next_random(&x) % (size - 1);
+			r = app_write(ctx, &fx->a, size, 0);
+			if (r == (ssize_t)size) {
+				off[n] = fx->a.done - size;
+				len[n++] = size;
+			} else {
+				assert_true(r == -EAGAIN || r == -ENOBUFS || r == -ECONNREFUSED ||
+					    r == -EHOSTUNREACH);
+			}
+		}
+	}
+	/* Whatever the script still holds runs out within these flushes. */
+	for (i = 0; i < 64 && app_queued(ctx, FD) > 0; i++)
+		co_flush_all_nowait(ctx, CO_ST_flush_read);
+	assert_int_equal(app_queued(ctx, FD), 0);
+	err = (int)stat_of(ctx, CO_ST_dgrams_dropped);
+	assert_int_equal(check_subsequence(&fx->a, off, len, n), err);
+}
+
+static void test_random_sequences_keep_every_datagram_whole_and_in_order(void **state)
+{
+	uint32_t seed;
+
+	for (seed = 1; seed <= RANDOM_SEEDS; seed++)
+		random_sequence(*state, seed);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -302,6 +405,7 @@ int main(void)
 		T(test_sendmmsg_resumes_inside_a_record),
 		T(test_refused_first_datagram_of_a_gso_run),
 		T(test_dropped_queue_counts_what_was_not_sent),
+		T(test_random_sequences_keep_every_datagram_whole_and_in_order),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
