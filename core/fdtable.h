@@ -77,10 +77,16 @@ int co__batch_holds(int fd);
  * (A handler that comes while the thread still waits for the lock is told
  * -EDEADLK too: a harmless false alarm.) The signal fences keep the
  * compiler from moving the marker across the lock calls. */
+/* Returns 1 if this thread holds fd's lock, alone or in a batch. */
+static inline int co__holds(int fd)
+{
+	return co__held_fd == fd || (co__held_fd == CO_HELD_BATCH && co__batch_holds(fd));
+}
+
 static inline int co__mark_held(int fd, int *prev)
 {
 	*prev = co__held_fd;
-	if (*prev == fd || (*prev == CO_HELD_BATCH && co__batch_holds(fd)))
+	if (co__holds(fd))
 		return -EDEADLK;
 	co__held_fd = fd;
 	atomic_signal_fence(memory_order_seq_cst);

@@ -461,9 +461,9 @@ static int settle_behind(struct co_ctx *ctx, int fd, struct co_fd *f, int owner,
  * be coalesced through any fd from now on. What its owner queued goes
  * first, as far as a call on fd with flags would wait (stop_owner_before);
  * if it cannot, nothing is recorded. Returns 0, that error, or -EDEADLK
- * when this thread holds the owner (a signal handler), which cannot be
- * stopped now. */
-static int pass_without_entry(struct co_ctx *ctx, int fd, int flags)
+ * when this thread holds the owner (a signal handler; alone or in a
+ * batch), which cannot be stopped now: *held is then the owner. */
+static int pass_without_entry(struct co_ctx *ctx, int fd, int flags, int *held)
 {
 	uint64_t id;
 	int owner = ctx->sys.socket_id(fd, &id) == 0 && id != 0
@@ -471,7 +471,8 @@ static int pass_without_entry(struct co_ctx *ctx, int fd, int flags)
 			    : -1;
 	int r;
 
-	if (owner >= 0 && owner == co__held_fd)
+	*held = owner;
+	if (owner >= 0 && co__holds(owner))
 		return -EDEADLK;
 	r = owner >= 0 ? stop_owner_before(ctx, owner, flags) : 0;
 	if (r)
@@ -490,7 +491,7 @@ int co_flush_before_send(struct co_ctx *ctx, int fd, enum co_counter trigger, in
 	if (!f) {
 		/* A signal handler's operation on fd, whose socket's owner its
 		 * thread holds, goes ahead: the owner's queue cannot go now. */
-		err = fd >= 0 ? pass_without_entry(ctx, fd, flags) : 0;
+		err = fd >= 0 ? pass_without_entry(ctx, fd, flags, &owner) : 0;
 		return err == -EDEADLK ? 0 : err;
 	}
 	if (atomic_load(&f->kind) != CO_FD_STREAM && atomic_load(&f->kind) != CO_FD_DGRAM &&
@@ -525,9 +526,9 @@ ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcn
 			return CO_PASSTHROUGH;
 		co_stat_add(&ctx->stats, fd >= CO_FD_LIMIT ? CO_ST_passthrough_fd_range
 							    : CO_ST_passthrough_nomem, 1);
-		r = pass_without_entry(ctx, fd, flags);
+		r = pass_without_entry(ctx, fd, flags, &owner);
 		if (r == -EDEADLK)
-			return keep_for_held_owner(ctx, co__held_fd, iov, iovcnt, flags, how);
+			return keep_for_held_owner(ctx, owner, iov, iovcnt, flags, how);
 		return r ? r : CO_PASSTHROUGH;
 	}
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_PASS)
@@ -564,7 +565,7 @@ ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcn
 	if (owner < 0)
 		return r;
 	/* fd shares its socket with owner: what owner queued goes first. */
-	if (owner == co__held_fd) {
+	if (co__holds(owner)) {
 		co_fd_stop(ctx, fd, CO_ST_passthrough_dup);
 		return keep_for_held_owner(ctx, owner, iov, iovcnt, flags, how);
 	}

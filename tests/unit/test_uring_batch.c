@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "app.h"
 #include "batch.h"
 #include "fake_sys.h"
 #include "stream.h"
@@ -332,6 +333,60 @@ static void test_write_on_a_held_fd_during_the_batch(void **state)
 	fake_ctx_free(ctx);
 }
 
+/* The fd "a signal handler" writes on during the batch: a duplicate of
+ * the batch's first fd (one socket behind both numbers). */
+static int dup_fd;
+
+static void write_on_dup_during_batch(void *arg)
+{
+	struct co_ctx *ctx = arg;
+	struct iovec iov = { .iov_base = sent_bytes[0] + sent_len[0], .iov_len = 20 };
+
+	fill_pattern(iov.iov_base, 20, 99);
+	assert_int_equal(write_like_shim(ctx, dup_fd, &iov, 1, 0), 20);
+	sent_len[0] += 20;
+}
+
+/* A write on a duplicate of an fd the batch holds: the owner cannot be
+ * stopped from inside the batch, so the write is kept and goes after the
+ * owner's queue, never ahead of it; then the socket passes. dup_at is the
+ * duplicate's number; alloc_fails makes its table entry fail too. */
+static void check_write_on_dup_during_batch(int dup_at, int alloc_fails)
+{
+	struct co_ctx *ctx = ctx_with(CO_BACKEND_URING);
+	int i;
+
+	queue_on(ctx, 5);
+	dup_fd = dup_at;
+	fake_dup(dup_fd, FIRST_FD);
+	if (alloc_fails)
+		fake_fail_alloc(1000);
+	fake_ring_during(write_on_dup_during_batch, ctx);
+	co_flush_all_nowait(ctx, CO_ST_flush_wait);
+	fake_ring_during(NULL, NULL);
+	fake_fail_alloc(0);
+	assert_int_equal(stat(ctx, CO_ST_writes_from_signal_handlers), 1);
+	for (i = 0; i < 5; i++)
+		assert_wire_complete(i);
+	assert_true(co_fd_passes(ctx, FIRST_FD));
+	assert_int_equal(atomic_load(&ctx->fds.pending_count), 0);
+	assert_int_equal(co__held_fd, -1);
+	fake_ctx_free(ctx);
+}
+
+static void test_write_on_a_duplicate_of_a_held_fd_during_the_batch(void **state)
+{
+	(void)state;
+	check_write_on_dup_during_batch(FIRST_FD + 20, 0);
+}
+
+/* The same from an fd without a table entry (its chunk cannot be made). */
+static void test_write_on_a_duplicate_without_entry_during_the_batch(void **state)
+{
+	(void)state;
+	check_write_on_dup_during_batch(1500, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -350,6 +405,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_deadline_batch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_write_on_a_held_fd_during_the_batch, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_write_on_a_duplicate_of_a_held_fd_during_the_batch,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_write_on_a_duplicate_without_entry_during_the_batch,
+						setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
