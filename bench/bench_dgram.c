@@ -49,6 +49,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common.h"
+
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
 #endif
@@ -60,20 +62,6 @@
 #define DESTS 4
 #define RCVBUF (32 * 1024 * 1024)
 #define QUIET_MS 100
-
-static void die(const char *what)
-{
-    printf("ERROR %s: %s\n", what, strerror(errno));
-    fflush(stdout);
-    exit(1);
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static uint64_t splitmix(uint64_t x)
 {

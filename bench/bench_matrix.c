@@ -38,22 +38,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common.h"
+
 #define MAX_SIZE (1 << 20)
 #define RECV_BUF (256 * 1024)
-
-static void die(const char *what)
-{
-    printf("ERROR %s: %s\n", what, strerror(errno));
-    fflush(stdout);
-    exit(1);
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static uint64_t splitmix(uint64_t x)
 {

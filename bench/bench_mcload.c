@@ -32,6 +32,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common.h"
+
 #define KEYS 8
 #define MAX_VALUE 1024
 #define BUF (MAX_VALUE + 128)
@@ -53,20 +55,6 @@ static int set_percent = 10;
 static uint64_t *lat;
 static size_t nlat, cap_lat;
 static unsigned long long sets, gets;
-
-static void die(const char *what)
-{
-	fprintf(stderr, "bench_mcload: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static uint32_t next_rand(struct conn *c)
 {

@@ -21,22 +21,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common.h"
+
 #define WARMUP 100000
 #define PIPE_CHUNK 4096
 #define FILE_WRAP (1024 * 1024)
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void die(const char *what)
-{
-    printf("ERROR %s: %s\n", what, strerror(errno));
-    exit(1);
-}
 
 /* One write of one byte, then whatever the target needs every so often to stay bounded: the
  * pipe is emptied, the file rewound. */

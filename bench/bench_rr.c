@@ -23,22 +23,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common.h"
+
 #define MSG 64
 #define WARMUP 1000
-
-static void die(const char *what)
-{
-    printf("ERROR %s: %s\n", what, strerror(errno));
-    fflush(stdout);
-    exit(1);
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /* returns 1 on success, 0 on EOF before the first byte, -1 on error/short */
 static int read_full(int fd, void *p, size_t n)

@@ -26,22 +26,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common.h"
+
 #define REC 64
 #define IDEAL_BUF (64 * 1024)
-
-static void die(const char *what)
-{
-    printf("ERROR %s: %s\n", what, strerror(errno));
-    fflush(stdout);
-    exit(1);
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /* record i: 8-byte little-endian sequence number, then 56 bytes derived from it */
 static void make_record(unsigned char *r, uint64_t i)

@@ -31,6 +31,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common.h"
+
 #define REPLY 64
 #define WARMUP_ROUNDS 20
 #define MAX_RUNS 15
@@ -40,20 +42,6 @@ enum { ARM_PLAIN, ARM_WRITEV, ARM_URING, ARM_AUTO, NARMS };
 static const char *const arm_name[NARMS] = { "plain write()", "shim, writev", "shim, uring",
 					     "shim, auto" };
 static const char *const arm_backend[NARMS] = { NULL, "writev", "uring", "auto" };
-
-static void die(const char *what)
-{
-	fprintf(stderr, "bench_uring: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
-
-static uint64_t now_ns(clockid_t clock)
-{
-	struct timespec ts;
-
-	clock_gettime(clock, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /* Reads every request epoll_wait reported, then answers each. */
 static int serve_events(struct epoll_event *ev, int k, int *ready, uint64_t *cpu0,
@@ -74,9 +62,9 @@ static int serve_events(struct epoll_event *ev, int k, int *ready, uint64_t *cpu
 		}
 		for (j = 0; j < r; j++) {
 			if (buf[j] == 'm' && !*cpu0)
-				*cpu0 = now_ns(CLOCK_PROCESS_CPUTIME_ID);
+				*cpu0 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
 			if (buf[j] == 'e' && !*cpu1)
-				*cpu1 = now_ns(CLOCK_PROCESS_CPUTIME_ID);
+				*cpu1 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
 			ready[nready++] = fd;
 		}
 	}
@@ -230,10 +218,10 @@ static void run_once(const char *self, const char *lib, int arm, int n, double *
 	connect_clients(cl, n, port, ep);
 	for (i = 0; i < WARMUP_ROUNDS; i++)
 		round_trip(cl, n, ep, ev, 'w');
-	t0 = now_ns(CLOCK_MONOTONIC);
+	t0 = now_ns();
 	for (i = 0; i < rounds; i++)
 		round_trip(cl, n, ep, ev, 'm');
-	t1 = now_ns(CLOCK_MONOTONIC);
+	t1 = now_ns();
 	round_trip(cl, n, ep, ev, 'e');
 	for (i = 0; i < n; i++)
 		close(cl[i]);
