@@ -290,13 +290,15 @@ static void test_dropped_queue_counts_what_was_not_sent(void **state)
 }
 
 /* Random sequences: datagrams of sizes that often repeat (runs) or shrink
- * (closing runs), flushes, and a fake kernel that takes part of a batch,
- * says EAGAIN or ENOBUFS (the queue stays), refuses a datagram
- * (ECONNREFUSED, EHOSTUNREACH: that one is lost), offers GSO or not, takes
- * 64 or 128 segments, or refuses GSO. Whatever happens, the datagrams on
- * the wire are those the application was told were taken, in order, each
- * whole and at most once, and every missing one is counted as dropped. */
-#define RANDOM_SEEDS 40
+ * (closing runs), flushes by reads and by the deadline, allocations that
+ * fail (the datagram then goes to libc after the queue), and a fake kernel
+ * that takes part of a batch, says EAGAIN or ENOBUFS (the queue stays),
+ * refuses a datagram (ECONNREFUSED, EHOSTUNREACH: that one is lost), offers
+ * GSO or not, takes 64 or 128 segments, or refuses GSO; the end is a last
+ * flush or a close. Whatever happens, the datagrams on the wire are those
+ * the application was told were taken, in order, each whole and at most
+ * once, and every missing one is counted as dropped. */
+#define RANDOM_SEEDS 60
 #define RANDOM_OPS 400
 #define RANDOM_MAX_DGRAMS (RANDOM_OPS + 1)
 
@@ -343,16 +345,26 @@ static void random_sequence(struct fixture *fx, uint32_t seed)
 	struct co_ctx *ctx;
 	const int *mode;
 	ssize_t r;
-	int op, i, err;
+	int op, i, err, stalled[4], nstalled;
 
 	fake_config(&cfg);
 	cfg.max_msgs = 2 + next_random(&x) % 160;
 	mode = gso_modes[next_random(&x) % 4];
 	ctx = start(fx, &cfg, mode[0], mode[1]);
 	for (op = 0; op < RANDOM_OPS; op++) {
-		switch (next_random(&x) % 10) {
+		switch (next_random(&x) % 12) {
 		case 0:
 			co_flush_all_nowait(ctx, CO_ST_flush_read);
+			break;
+		case 10:
+			fake_clock_advance(cfg.delay_ns);
+			co_flush_due(ctx, fake_clock(), stalled, 4, &nstalled);
+			break;
+		case 11:
+			if (next_random(&x) % 2)
+				fake_fail_realloc(1);
+			else
+				fake_fail_alloc(1);
 			break;
 		case 1:
 			if (fake_script_left(FD) > 0)
@@ -376,9 +388,16 @@ static void random_sequence(struct fixture *fx, uint32_t seed)
 			}
 		}
 	}
-	/* Whatever the script still holds runs out within these flushes. */
-	for (i = 0; i < 64 && app_queued(ctx, FD) > 0; i++)
-		co_flush_all_nowait(ctx, CO_ST_flush_read);
+	fake_fail_alloc(0);
+	fake_fail_realloc(0);
+	if (next_random(&x) % 2) {
+		/* A close sends the queue as the blocking socket takes it. */
+		co_close_end(co_close_begin(ctx, FD));
+	} else {
+		/* Whatever the script still holds runs out within these. */
+		for (i = 0; i < 64 && app_queued(ctx, FD) > 0; i++)
+			co_flush_all_nowait(ctx, CO_ST_flush_read);
+	}
 	assert_int_equal(app_queued(ctx, FD), 0);
 	err = (int)stat_of(ctx, CO_ST_dgrams_dropped);
 	assert_int_equal(check_subsequence(&fx->a, off, len, n), err);
