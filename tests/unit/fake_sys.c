@@ -46,7 +46,8 @@ struct fake_fd {
 	int placeholder;  /* sys.placeholder put an inert socket here. */
 	int gso_segments; /* UDP GSO offered, with this limit (0: not offered). */
 	int gso_err;      /* Every GSO send fails with -gso_err. */
-	uint32_t *dgrams; /* FAKE_UDP: the size of each datagram sent, in order. */
+	uint32_t *dgrams; /* FAKE_UDP: the size of each datagram sent, in order, */
+	uint16_t *ports;  /* and the port it was sent to (0: the connected peer). */
 	size_t ndgrams, dgrams_cap;
 };
 
@@ -111,15 +112,17 @@ static void wire_append(struct fake_fd *s, const void *buf, size_t len)
 	s->wire_len += len;
 }
 
-/* Records a datagram of len bytes sent on s. */
-static void dgram_append(struct fake_fd *s, size_t len)
+/* Records a datagram of len bytes sent on s to port (0: the peer). */
+static void dgram_append(struct fake_fd *s, size_t len, int port)
 {
 	if (s->ndgrams == s->dgrams_cap) {
 		s->dgrams_cap = s->dgrams_cap ? 2 * s->dgrams_cap : 256;
 		s->dgrams = realloc(s->dgrams, s->dgrams_cap * sizeof(*s->dgrams));
-		if (!s->dgrams)
+		s->ports = realloc(s->ports, s->dgrams_cap * sizeof(*s->ports));
+		if (!s->dgrams || !s->ports)
 			abort();
 	}
+	s->ports[s->ndgrams] = (uint16_t)port;
 	s->dgrams[s->ndgrams++] = (uint32_t)len;
 }
 
@@ -160,10 +163,11 @@ static ssize_t fake_decide(struct fake_fd *s, const struct iovec *iov, int iovcn
 }
 
 /* Shared by sendmsg and writev: records the call and the accepted bytes
- * (on a UDP socket, the datagrams: those of gso bytes each but the last, or
- * one if gso is 0). A GSO send the socket does not take fails first. */
+ * (on a UDP socket, the datagrams, sent to port, 0 for the peer: those of
+ * gso bytes each but the last, or one if gso is 0). A GSO send the socket
+ * does not take fails first. */
 static ssize_t fake_send(int fd, const struct iovec *iov, int iovcnt, int flags, int had_name,
-			 size_t gso)
+			 size_t gso, int port)
 {
 	struct fake_fd *s;
 	size_t offered = 0, left;
@@ -195,8 +199,8 @@ static ssize_t fake_send(int fd, const struct iovec *iov, int iovcnt, int flags,
 	}
 	if (result >= 0 && s->kind == FAKE_UDP) {
 		for (left = (size_t)result; gso && left > gso; left -= gso)
-			dgram_append(s, gso);
-		dgram_append(s, left);
+			dgram_append(s, gso, port);
+		dgram_append(s, left, port);
 	}
 	s->send_calls++;
 	fake_total_calls++;
@@ -242,7 +246,10 @@ static ssize_t fake_sendmsg(int fd, const struct msghdr *msg, int flags)
 	if (inert)
 		return -ENOTCONN;
 	return fake_send(fd, msg->msg_iov, (int)msg->msg_iovlen, flags,
-			 msg->msg_name != NULL || msg->msg_control != NULL, gso_size(msg));
+			 msg->msg_name != NULL || msg->msg_control != NULL, gso_size(msg),
+			 msg->msg_name && msg->msg_namelen >= sizeof(struct sockaddr_in)
+				 ? ntohs(((const struct sockaddr_in *)msg->msg_name)->sin_port)
+				 : 0);
 }
 
 /* Each message is one send of its own, recorded like sendmsg's; stops at
@@ -279,7 +286,7 @@ static ssize_t fake_writev(int fd, const struct iovec *iov, int iovcnt)
 	pthread_mutex_lock(&fake_lock);
 	fake_writev_count++;
 	pthread_mutex_unlock(&fake_lock);
-	return fake_send(fd, iov, iovcnt, 0, 0, 0);
+	return fake_send(fd, iov, iovcnt, 0, 0, 0, 0);
 }
 
 /* The socket type, domain and protocol a kind of fake socket reports. */
@@ -571,7 +578,7 @@ static int fake_ring_send_batch(struct co_ring_req *reqs, int n)
 	for (i = 0; i < n && i < run; i++)
 		reqs[i].result = fake_send(reqs[i].fd, reqs[i].msg.msg_iov,
 					   (int)reqs[i].msg.msg_iovlen,
-					   MSG_DONTWAIT | MSG_NOSIGNAL, 0, 0);
+					   MSG_DONTWAIT | MSG_NOSIGNAL, 0, 0, 0);
 	return err ? -err : 0;
 }
 
@@ -631,6 +638,7 @@ void fake_reset(void)
 	for (fd = 0; fd < FAKE_MAX_FD; fd++) {
 		free(fake_fds[fd].wire);
 		free(fake_fds[fd].dgrams);
+		free(fake_fds[fd].ports);
 		memset(&fake_fds[fd], 0, sizeof(fake_fds[fd]));
 		fake_fds[fd].polls_until_free = -1;
 	}
@@ -699,7 +707,7 @@ void fake_udp_gso(int fd, int max_segments, int err)
 	pthread_mutex_unlock(&fake_lock);
 }
 
-size_t fake_dgrams(int fd, const uint32_t **lens)
+size_t fake_dgrams(int fd, const uint32_t **lens, const uint16_t **ports)
 {
 	struct fake_fd *s;
 	size_t n;
@@ -707,6 +715,8 @@ size_t fake_dgrams(int fd, const uint32_t **lens)
 	pthread_mutex_lock(&fake_lock);
 	s = fake_fd_must(fd);
 	*lens = s->dgrams;
+	if (ports)
+		*ports = s->ports;
 	n = s->ndgrams;
 	pthread_mutex_unlock(&fake_lock);
 	return n;

@@ -77,9 +77,10 @@ void fake_dup(int newfd, int oldfd);
 void fake_udp_gso(int fd, int max_segments, int err);
 
 /* The size of each datagram sent on the UDP socket fd so far, in order (a
- * GSO send counts as its segments). The pointer is valid until the next
- * call into the fake. Returns their number. */
-size_t fake_dgrams(int fd, const uint32_t **lens);
+ * GSO send counts as its segments), and, if ports is not NULL, the port of
+ * each one's destination (0: no address, the connected peer). The pointers
+ * are valid until the next call into the fake. Returns their number. */
+size_t fake_dgrams(int fd, const uint32_t **lens, const uint16_t **ports);
 
 /* The next calls sendmsg calls on fd accept at most max bytes each. */
 void fake_send_limit(int fd, size_t max, int calls);

@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
 
 #include <cmocka.h>
 
@@ -98,7 +100,7 @@ static void check_dgrams(const struct app *a, size_t skip, const size_t *sizes, 
 	const char *wire;
 	size_t i, total = 0, len;
 
-	assert_int_equal(fake_dgrams(a->fd, &lens), n);
+	assert_int_equal(fake_dgrams(a->fd, &lens, NULL), n);
 	for (i = 0; i < n; i++) {
 		assert_int_equal(lens[i], sizes[i]);
 		total += sizes[i];
@@ -318,7 +320,7 @@ static size_t check_subsequence(const struct app *a, const size_t *off, const si
 {
 	const uint32_t *lens;
 	const char *wire;
-	size_t nwire = fake_dgrams(a->fd, &lens), wlen, w = 0, i = 0, j, missing = 0;
+	size_t nwire = fake_dgrams(a->fd, &lens, NULL), wlen, w = 0, i = 0, j, missing = 0;
 
 	wire = fake_wire(a->fd, &wlen);
 	for (j = 0; j < nwire; j++) {
@@ -411,6 +413,185 @@ static void test_random_sequences_keep_every_datagram_whole_and_in_order(void **
 		random_sequence(*state, seed);
 }
 
+/* Random sequences over two sockets: S1, a connected UDP socket behind fd
+ * LC_FD and, while a duplicate is open, LC_DUP too (both write; a write
+ * through one must not overtake the other's queue); S2 (LC_FD2), sending to
+ * three destinations in turn or to its peer. Besides the operations of
+ * random_sequence: duplicates opened and closed, and the flush before a
+ * sendfile or a setsockopt. The same check, per socket, and the ports. */
+#define LC_FD 30
+#define LC_DUP 31
+#define LC_FD2 40
+#define LC_SRC (1u << 20)
+#define LC_MAX_DGRAMS (RANDOM_OPS + 1)
+
+struct lc_sock {
+	char *src;   /* what the application writes on the socket, in order */
+	size_t used; /* bytes of src written so far */
+	size_t n;    /* datagrams the application was told were taken: */
+	size_t off[LC_MAX_DGRAMS], len[LC_MAX_DGRAMS];
+	uint16_t port[LC_MAX_DGRAMS];
+};
+
+/* One send as the shim makes it, to port (0: no address), like sendto. */
+static ssize_t lc_send(struct co_ctx *ctx, int fd, const char *buf, size_t len, int port)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct co_fd *held = NULL;
+	ssize_t r = CO_PASSTHROUGH;
+
+	if (port) {
+		msg.msg_name = &sin;
+		msg.msg_namelen = sizeof(sin);
+	}
+	if (!co_fd_passes(ctx, fd))
+		r = co_sendto(ctx, fd, &iov, 1, 0,
+			      CO_WRITE_API(CO_API_SENDTO) | (port ? CO_WRITE_ADDR : 0),
+			      port ? (struct sockaddr *)&sin : NULL, port ? sizeof(sin) : 0, &held);
+	if (r == CO_PASSTHROUGH)
+		r = fake_sys()->sendmsg(fd, &msg, 0);
+	co_write_end(held, r);
+	return r;
+}
+
+/* Checks the datagrams on fd's wire against what s was told went (as
+ * check_subsequence, with their ports); returns how many are missing. */
+static size_t lc_check(int fd, const struct lc_sock *s)
+{
+	const uint32_t *lens;
+	const uint16_t *ports;
+	const char *wire;
+	size_t nwire = fake_dgrams(fd, &lens, &ports), wlen, w = 0, i = 0, j, missing = 0;
+
+	wire = fake_wire(fd, &wlen);
+	for (j = 0; j < nwire; j++) {
+		while (i < s->n && (s->len[i] != lens[j] || s->port[i] != ports[j] ||
+				    w + s->len[i] > wlen ||
+				    memcmp(wire + w, s->src + s->off[i], s->len[i]) != 0)) {
+			missing++;
+			i++;
+		}
+		assert_true(i < s->n);
+		w += lens[j];
+		i++;
+	}
+	assert_int_equal(w, wlen);
+	return missing + (s->n - i);
+}
+
+static void lifecycle_sequence(struct lc_sock *sk, uint32_t seed)
+{
+	static const int errs[] = { EAGAIN, ENOBUFS, ECONNREFUSED };
+	uint32_t x = seed * 2246822519u + 7;
+	size_t size = 64, missing;
+	struct co_config cfg;
+	struct co_ctx *ctx;
+	struct lc_sock *s;
+	int op, i, fd, port, dup_open = 0, stalled[4], nstalled;
+	ssize_t r;
+
+	fake_reset();
+	fake_config(&cfg);
+	cfg.max_msgs = 2 + next_random(&x) % 160;
+	cfg.direct = (int)(next_random(&x) % 2);
+	fake_socket(LC_FD, FAKE_UDP);
+	fake_socket(LC_FD2, FAKE_UDP);
+	fake_udp_gso(LC_FD, next_random(&x) % 2 ? 128 : 64, next_random(&x) % 4 ? 0 : EIO);
+	fake_udp_gso(LC_FD2, 128, 0);
+	for (i = 0; i < 2; i++)
+		sk[i].used = sk[i].n = 0;
+	ctx = fake_ctx_new(&cfg);
+	for (op = 0; op < RANDOM_OPS; op++) {
+		switch (next_random(&x) % 16) {
+		case 0:
+			co_flush_all_nowait(ctx, CO_ST_flush_read);
+			break;
+		case 1:
+			fd = next_random(&x) % 2 ? LC_FD : LC_FD2;
+			if (fake_script_left(fd) > 0)
+				break;
+			fake_send_limit(fd, 1u << 20, (int)(next_random(&x) % 6));
+			fake_send_error(fd, errs[next_random(&x) % 3], 1);
+			break;
+		case 2:
+			fake_clock_advance(cfg.delay_ns);
+			co_flush_due(ctx, fake_clock(), stalled, 4, &nstalled);
+			break;
+		case 3:
+			if (next_random(&x) % 2)
+				fake_fail_realloc(1);
+			else
+				fake_fail_alloc(1);
+			break;
+		case 4:
+			if (dup_open) {
+				co_close_end(co_close_begin(ctx, LC_DUP));
+				fake_socket(LC_DUP, FAKE_BADF);
+			} else {
+				fake_dup(LC_DUP, LC_FD);
+			}
+			dup_open = !dup_open;
+			break;
+		case 5:
+			fd = dup_open && next_random(&x) % 2 ? LC_DUP : LC_FD;
+			co_flush_before_send(ctx, fd, CO_ST_flush_order, 0);
+			break;
+		default:
+			i = (int)(next_random(&x) % 10);
+			if (i >= 6)
+				size = 1 + next_random(&x) % 1400;
+			else if (i >= 4 && size > 1)
+				size = 1 + next_random(&x) % (size - 1);
+			i = (int)(next_random(&x) % 3);
+			fd = i == 0 ? LC_FD : i == 1 && dup_open ? LC_DUP : LC_FD2;
+			s = &sk[fd == LC_FD2];
+			port = fd == LC_FD2 && next_random(&x) % 4 ? 1000 + (int)(next_random(&x) % 3)
+								    : 0;
+			assert_true(s->used + size <= LC_SRC && s->n < LC_MAX_DGRAMS);
+			r = lc_send(ctx, fd, s->src + s->used, size, port);
+			if (r == (ssize_t)size) {
+				s->off[s->n] = s->used;
+				s->len[s->n] = size;
+				s->port[s->n++] = (uint16_t)port;
+				s->used += size;
+			} else {
+				assert_true(r == -EAGAIN || r == -ENOBUFS || r == -ECONNREFUSED);
+			}
+		}
+	}
+	fake_fail_alloc(0);
+	fake_fail_realloc(0);
+	if (dup_open)
+		co_close_end(co_close_begin(ctx, LC_DUP));
+	co_close_end(co_close_begin(ctx, LC_FD));
+	co_close_end(co_close_begin(ctx, LC_FD2));
+	assert_int_equal(atomic_load(&ctx->fds.pending_count), 0);
+	missing = lc_check(LC_FD, &sk[0]) + lc_check(LC_FD2, &sk[1]);
+	assert_int_equal(missing, stat_of(ctx, CO_ST_dgrams_dropped));
+	fake_ctx_free(ctx);
+}
+
+static void test_random_lifecycles_keep_every_socket_in_order(void **state)
+{
+	struct lc_sock *sk = calloc(2, sizeof(*sk));
+	uint32_t seed;
+
+	(void)state;
+	assert_non_null(sk);
+	for (seed = 0; seed < 2; seed++) {
+		sk[seed].src = malloc(LC_SRC);
+		assert_non_null(sk[seed].src);
+		fill_pattern(sk[seed].src, LC_SRC, 17 + seed);
+	}
+	for (seed = 1; seed <= RANDOM_SEEDS; seed++)
+		lifecycle_sequence(sk, seed);
+	free(sk[0].src);
+	free(sk[1].src);
+	free(sk);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -425,6 +606,7 @@ int main(void)
 		T(test_refused_first_datagram_of_a_gso_run),
 		T(test_dropped_queue_counts_what_was_not_sent),
 		T(test_random_sequences_keep_every_datagram_whole_and_in_order),
+		T(test_random_lifecycles_keep_every_socket_in_order),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
