@@ -317,6 +317,96 @@ ssize_t co__dgram_write(struct co_ctx *ctx, int fd, struct co_fd *f, const struc
 	return (ssize_t)total;
 }
 
+/* How co__dgram_keep lays a datagram out in co__signal_writes.buf: this
+ * header, the destination (name_len bytes), the payload; unaligned. */
+struct co_kept {
+	uint16_t len;
+	uint16_t name_len;
+};
+
+ssize_t co__dgram_keep(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt,
+		       int flags, unsigned how, const struct sockaddr *addr, socklen_t addrlen)
+{
+	struct co_kept k = { .name_len = addr ? (uint16_t)addrlen : 0 };
+	size_t total = 0, room = CO_SIGNAL_WRITES_MAX - co__signal_writes.len;
+	char *p;
+	int i;
+
+	if ((how & CO_WRITE_CONTROL) || (flags & ~(MSG_DONTWAIT | MSG_NOSIGNAL)) ||
+	    iovcnt < 0 || iovcnt > IOV_MAX || ((how & CO_WRITE_ADDR) && !addr) ||
+	    (addr && (addrlen == 0 || addrlen > sizeof(struct sockaddr_storage))) ||
+	    (co__signal_writes.len && (co__signal_writes.fd != fd || !co__signal_writes.dgram)))
+		return -1;
+	for (i = 0; i < iovcnt; i++) {
+		if (iov[i].iov_len > room)
+			return -1;
+		total += iov[i].iov_len;
+	}
+	if (sizeof(k) + k.name_len + total > room)
+		return -1;
+	k.len = (uint16_t)total;
+	p = co__signal_writes.buf + co__signal_writes.len;
+	memcpy(p, &k, sizeof(k));
+	if (k.name_len)
+		memcpy(p + sizeof(k), addr, k.name_len);
+	copy_in(p + sizeof(k) + k.name_len, iov, iovcnt, total);
+	co__signal_writes.ctx = ctx;
+	co__signal_writes.fd = fd;
+	co__signal_writes.dgram = 1;
+	co__signal_writes.len += sizeof(k) + k.name_len + total;
+	co_stat_add(&ctx->stats, CO_ST_writes_from_signal_handlers, 1);
+	return (ssize_t)total;
+}
+
+/* Sends a kept datagram that cannot join f's queue, after that queue, as the
+ * handler's own blocking send would have gone. */
+static void send_kept_dgram(struct co_ctx *ctx, int fd, struct co_fd *f, struct iovec *iov,
+			    void *name, socklen_t name_len)
+{
+	struct msghdr msg = { .msg_name = name, .msg_namelen = name_len, .msg_iov = iov,
+			      .msg_iovlen = 1 };
+	ssize_t r = f->dg ? co__flush_locked(ctx, fd, f, CO_ST_flush_order, 0) : 0;
+
+	if (r == 0) {
+		do {
+			r = ctx->sys.sendmsg(fd, &msg, MSG_NOSIGNAL);
+		} while (r == -EINTR);
+	}
+	if (r >= 0)
+		return;
+	co_stat_add(&ctx->stats, CO_ST_dgrams_dropped, 1);
+	co_stat_add(&ctx->stats, CO_ST_bytes_dropped, iov->iov_len);
+	co_log(ctx, CO_LOG_ERROR, "fd %d: a datagram a signal handler sent could not be sent "
+	       "(error %d)", fd, (int)-r);
+}
+
+void co__dgram_queue_kept(struct co_ctx *ctx, int fd, struct co_fd *f)
+{
+	struct co_kept k;
+	struct iovec iov;
+	size_t off = 0;
+	char *name;
+
+	while (off < co__signal_writes.len) {
+		memcpy(&k, co__signal_writes.buf + off, sizeof(k));
+		name = k.name_len ? co__signal_writes.buf + off + sizeof(k) : NULL;
+		iov.iov_base = co__signal_writes.buf + off + sizeof(k) + k.name_len;
+		iov.iov_len = k.len;
+		off += sizeof(k) + k.name_len + k.len;
+		if (atomic_load(&f->kind) == CO_FD_DGRAM &&
+		    dgram_append(ctx, f, &iov, 1, k.len, (struct sockaddr *)name, k.name_len) == 0)
+			continue;
+		send_kept_dgram(ctx, fd, f, &iov, name, k.name_len);
+	}
+	co__signal_writes.len = 0;
+	co__signal_writes.dgram = 0;
+	if (!f->dg)
+		return;
+	co__sync_mark(ctx, fd, f);
+	if (f->dg->msgs >= ctx->cfg.max_msgs || pending_len(&f->q) >= ctx->cfg.max_bytes)
+		co__flush_deferred(ctx, fd, f, CO_ST_flush_size, 0);
+}
+
 /* Removes the first n datagrams from the queue. */
 static void consume(struct co_fd *f, unsigned n)
 {

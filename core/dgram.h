@@ -52,6 +52,21 @@ ssize_t co__dgram_write(struct co_ctx *ctx, int fd, struct co_fd *f, const struc
  * condition that leaves it in place (co__keeps_queue). */
 int co__dgram_send_queue(struct co_ctx *ctx, int fd, struct co_fd *f, int flags);
 
+/* A signal handler's send on fd while its own thread holds fd's lock (or
+ * the lock of fd's socket's owner: then fd is that owner): keeps the
+ * datagram whole, with its destination, in co__signal_writes, to be queued
+ * after the interrupted operation (co__dgram_queue_kept). Returns its size,
+ * or -1 if it cannot be kept (flags or control data a queue does not keep,
+ * no room, writes of another fd kept already): it then goes to libc. */
+ssize_t co__dgram_keep(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt,
+		       int flags, unsigned how, const struct sockaddr *addr, socklen_t addrlen);
+
+/* Queues the datagrams co__dgram_keep kept, after f's queue, and empties
+ * co__signal_writes. One that cannot be queued (f no longer queues
+ * datagrams, no memory) is sent at once, after the queue; one that cannot
+ * be sent either is dropped and counted. fd's lock is held. */
+void co__dgram_queue_kept(struct co_ctx *ctx, int fd, struct co_fd *f);
+
 /* Drops f's queue, counting datagrams and their bytes. Returns the bytes. */
 size_t co__dgram_discard(struct co_ctx *ctx, struct co_fd *f);
 

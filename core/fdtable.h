@@ -158,6 +158,9 @@ struct co_signal_writes {
 	/* A handler found that fd shares its socket with an fd that now
 	 * passes: fd must stop coalescing once its lock is free. */
 	unsigned char stop;
+	/* buf holds whole datagrams, each with its destination (dgram.c),
+	 * not stream bytes. */
+	unsigned char dgram;
 	char buf[CO_SIGNAL_WRITES_MAX];
 };
 extern __thread struct co_signal_writes co__signal_writes

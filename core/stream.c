@@ -258,7 +258,8 @@ static ssize_t keep_signal_write(struct co_ctx *ctx, int fd, const struct iovec 
 	size_t total = 0, len = co__signal_writes.len;
 	int i;
 
-	if (how || (flags & ~CO_QUEUE_FLAGS) || iovcnt < 0 || (len && co__signal_writes.fd != fd))
+	if (how || (flags & ~CO_QUEUE_FLAGS) || iovcnt < 0 ||
+	    (len && (co__signal_writes.fd != fd || co__signal_writes.dgram)))
 		return -1;
 	for (i = 0; i < iovcnt; i++) {
 		if (iov[i].iov_len > CO_SIGNAL_WRITES_MAX - len - total)
@@ -336,6 +337,8 @@ void co__queue_signal_writes(void)
 	iov.iov_len = co__signal_writes.len;
 	if (iov.iov_len == 0) {
 		/* Nothing kept: only a stop to make. */
+	} else if (co__signal_writes.dgram) {
+		co__dgram_queue_kept(ctx, fd, f);
 	} else if (atomic_load(&f->kind) == CO_FD_STREAM &&
 		   pending_append(&f->q, &ctx->sys, &iov, 1, iov.iov_len) == 0) {
 		co__signal_writes.len = 0;
@@ -360,12 +363,14 @@ void co__queue_signal_writes(void)
 
 /* A signal handler's write on fd found that fd shares its socket with
  * owner, the fd its own interrupted thread holds: owner cannot be stopped
- * (its queue sent) now. Keeps the bytes, if they fit, to be queued on owner
- * after the interrupted operation, and has owner stopped then. Returns what
- * co_write returns. */
+ * (its queue sent) now. Keeps the bytes (or the datagram), if they fit, to
+ * be queued on owner after the interrupted operation, and has owner
+ * stopped then. Returns what co_sendto returns. */
 static ssize_t keep_for_held_owner(struct co_ctx *ctx, int owner, const struct iovec *iov,
-				   int iovcnt, int flags, unsigned how)
+				   int iovcnt, int flags, unsigned how,
+				   const struct sockaddr *addr, socklen_t addrlen)
 {
+	struct co_fd *o = co_fd_find(&ctx->fds, owner);
 	ssize_t r;
 
 	if (co__signal_writes.len && co__signal_writes.fd != owner)
@@ -373,7 +378,9 @@ static ssize_t keep_for_held_owner(struct co_ctx *ctx, int owner, const struct i
 	co__signal_writes.ctx = ctx;
 	co__signal_writes.fd = owner;
 	co__signal_writes.stop = 1;
-	r = keep_signal_write(ctx, owner, iov, iovcnt, flags, how);
+	r = o && atomic_load(&o->kind) == CO_FD_DGRAM
+		    ? co__dgram_keep(ctx, owner, iov, iovcnt, flags, how, addr, addrlen)
+		    : keep_signal_write(ctx, owner, iov, iovcnt, flags, how);
 	if (r >= 0)
 		return r;
 	co_stat_add(&ctx->stats, CO_ST_passthrough_reentrant, 1);
@@ -528,17 +535,20 @@ ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcn
 							    : CO_ST_passthrough_nomem, 1);
 		r = pass_without_entry(ctx, fd, flags, &owner);
 		if (r == -EDEADLK)
-			return keep_for_held_owner(ctx, owner, iov, iovcnt, flags, how);
+			return keep_for_held_owner(ctx, owner, iov, iovcnt, flags, how, addr, addrlen);
 		return r ? r : CO_PASSTHROUGH;
 	}
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_PASS)
 		return CO_PASSTHROUGH;
 	if (co__lock_fd(f, fd) != 0) {
 		/* A signal handler interrupted this thread inside the shim on
-		 * fd. (Datagrams must stay apart: those go to libc.) */
-		r = atomic_load(&f->kind) == CO_FD_STREAM
-			    ? keep_signal_write(ctx, fd, iov, iovcnt, flags, how)
-			    : -1;
+		 * fd: its write is kept for after the interrupted operation. */
+		if (atomic_load(&f->kind) == CO_FD_STREAM)
+			r = keep_signal_write(ctx, fd, iov, iovcnt, flags, how);
+		else if (atomic_load(&f->kind) == CO_FD_DGRAM)
+			r = co__dgram_keep(ctx, fd, iov, iovcnt, flags, how, addr, addrlen);
+		else
+			r = -1;
 		if (r >= 0)
 			return r;
 		co_stat_add(&ctx->stats, CO_ST_passthrough_reentrant, 1);
@@ -567,7 +577,7 @@ ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcn
 	/* fd shares its socket with owner: what owner queued goes first. */
 	if (co__holds(owner)) {
 		co_fd_stop(ctx, fd, CO_ST_passthrough_dup);
-		return keep_for_held_owner(ctx, owner, iov, iovcnt, flags, how);
+		return keep_for_held_owner(ctx, owner, iov, iovcnt, flags, how, addr, addrlen);
 	}
 	r = settle_behind(ctx, fd, f, owner, flags);
 	return r ? r : CO_PASSTHROUGH;

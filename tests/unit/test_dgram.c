@@ -592,6 +592,87 @@ static void test_random_lifecycles_keep_every_socket_in_order(void **state)
 	free(sk);
 }
 
+/* "A signal handler" that sends a datagram while its thread holds the
+ * lock of the fd being written (on_pending runs under it). */
+static struct {
+	int fd;
+	const char *buf;
+	size_t len;
+	ssize_t result;
+	int calls;
+} handler;
+
+static void handler_sends(struct co_ctx *ctx)
+{
+	if (handler.calls++)
+		return;
+	handler.result = lc_send(ctx, handler.fd, handler.buf, handler.len, 0);
+}
+
+/* Writes A (30 bytes) on FD with the handler sending H (20 bytes from
+ * src + 100) on handler_fd meanwhile, then B (30 bytes); flushes. */
+static void write_around_handler(struct co_ctx *ctx, struct fixture *fx, int handler_fd)
+{
+	memset(&handler, 0, sizeof(handler));
+	handler.fd = handler_fd;
+	handler.buf = fx->a.src + 100;
+	handler.len = 20;
+	ctx->on_pending = handler_sends;
+	assert_int_equal(app_write(ctx, &fx->a, 30, 0), 30);
+	ctx->on_pending = NULL;
+	assert_int_equal(handler.calls, 1);
+	assert_int_equal(handler.result, 20);
+	assert_int_equal(stat_of(ctx, CO_ST_writes_from_signal_handlers), 1);
+	assert_int_equal(app_write(ctx, &fx->a, 30, 0), 30);
+	co_flush_all_nowait(ctx, CO_ST_flush_read);
+}
+
+/* Checks the wire: A, H, B, each whole. */
+static void check_a_h_b(const struct fixture *fx)
+{
+	static const size_t sizes[] = { 30, 20, 30 };
+	const uint32_t *lens;
+	const char *wire;
+	size_t len, i;
+
+	assert_int_equal(fake_dgrams(FD, &lens, NULL), 3);
+	for (i = 0; i < 3; i++)
+		assert_int_equal(lens[i], sizes[i]);
+	wire = fake_wire(FD, &len);
+	assert_int_equal(len, 80);
+	assert_memory_equal(wire, fx->a.src, 30);
+	assert_memory_equal(wire + 30, fx->a.src + 100, 20);
+	assert_memory_equal(wire + 50, fx->a.src + 30, 30);
+}
+
+/* A datagram a signal handler sends on the fd its thread is writing is
+ * kept and queued after the interrupted write's, never sent ahead of the
+ * queue. */
+static void test_signal_handler_datagram_goes_after_the_interrupted_one(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = start(fx, NULL, 128, 0);
+
+	write_around_handler(ctx, fx, FD);
+	check_a_h_b(fx);
+	assert_int_equal(stat_of(ctx, CO_ST_passthrough_reentrant), 0);
+}
+
+/* The same through a duplicate of the fd: the datagram is kept for the
+ * owner (whose queue is neither dropped nor overtaken), and the socket
+ * passes from then on. */
+static void test_signal_handler_datagram_on_a_duplicate(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = start(fx, NULL, 128, 0);
+
+	fake_dup(FD + 1, FD);
+	write_around_handler(ctx, fx, FD + 1);
+	check_a_h_b(fx);
+	assert_true(co_fd_passes(ctx, FD));
+	assert_int_equal(stat_of(ctx, CO_ST_dgrams_dropped), 0);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -607,6 +688,8 @@ int main(void)
 		T(test_dropped_queue_counts_what_was_not_sent),
 		T(test_random_sequences_keep_every_datagram_whole_and_in_order),
 		T(test_random_lifecycles_keep_every_socket_in_order),
+		T(test_signal_handler_datagram_goes_after_the_interrupted_one),
+		T(test_signal_handler_datagram_on_a_duplicate),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
