@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
+#include <poll.h>
 #include <string.h>
 
 #include "send.h"
@@ -127,8 +128,12 @@ int co__dgram_setup(struct co_ctx *ctx, int fd, struct co_fd *f, int family, int
 
 void co__dgram_release(struct co_ctx *ctx, struct co_fd *f)
 {
-	ctx->sys.free(f->dg);
+	struct co_dgram *d = f->dg;
+
+	/* Gone before it is freed: a signal handler reads f->dg (co__dgram_keep). */
 	f->dg = NULL;
+	atomic_signal_fence(memory_order_seq_cst);
+	ctx->sys.free(d);
 }
 
 /* Returns 1 if the kernel accepted a send to this destination before. */
@@ -161,7 +166,7 @@ void co__dgram_learn(struct co_fd *f, ssize_t r)
  * or CO_ST_COUNT if it can. Sends the kernel could refuse at once (too
  * large, no destination, one never seen) go to libc, so that the
  * application sees the refusal where it would have. */
-static enum co_counter dgram_unsupported(struct co_dgram *d, int flags, unsigned how,
+static enum co_counter dgram_unsupported(const struct co_dgram *d, int flags, unsigned how,
 					 int iovcnt, size_t total, const struct sockaddr *addr,
 					 socklen_t addrlen)
 {
@@ -178,11 +183,8 @@ static enum co_counter dgram_unsupported(struct co_dgram *d, int flags, unsigned
 	}
 	if (addrlen == 0 || addrlen > sizeof(struct sockaddr_storage))
 		return CO_ST_passthrough_address;
-	if (!dest_known(d, addr, addrlen)) {
-		d->probe_len = addrlen;
-		memcpy(&d->probe, addr, addrlen);
+	if (!dest_known(d, addr, addrlen))
 		return CO_ST_passthrough_dgram_dest;
-	}
 	return CO_ST_COUNT;
 }
 
@@ -279,6 +281,11 @@ ssize_t co__dgram_write(struct co_ctx *ctx, int fd, struct co_fd *f, const struc
 	for (i = 0; i < iovcnt && total <= d->max_len; i++)
 		total += iov[i].iov_len;
 	reason = dgram_unsupported(d, flags, how, iovcnt, total, addr, addrlen);
+	if (reason == CO_ST_passthrough_dgram_dest && addr) {
+		/* Learnt once the kernel accepted it (co__dgram_learn). */
+		d->probe_len = addrlen;
+		memcpy(&d->probe, addr, addrlen);
+	}
 	if (reason == CO_ST_COUNT && atomic_load_explicit(&ctx->exiting, memory_order_relaxed))
 		reason = CO_ST_passthrough_exiting;
 	if (reason == CO_ST_COUNT && ctx->cfg.direct && co__send_at_once(f))
@@ -327,22 +334,28 @@ struct co_kept {
 ssize_t co__dgram_keep(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt,
 		       int flags, unsigned how, const struct sockaddr *addr, socklen_t addrlen)
 {
+	struct co_fd *f = co_fd_find(&ctx->fds, fd);
 	struct co_kept k = { .name_len = addr ? (uint16_t)addrlen : 0 };
 	size_t total = 0, room = CO_SIGNAL_WRITES_MAX - co__signal_writes.len;
+	struct co_dgram *d;
 	char *p;
 	int i;
 
-	if ((how & CO_WRITE_CONTROL) || (flags & ~(MSG_DONTWAIT | MSG_NOSIGNAL)) ||
-	    iovcnt < 0 || iovcnt > IOV_MAX || ((how & CO_WRITE_ADDR) && !addr) ||
-	    (addr && (addrlen == 0 || addrlen > sizeof(struct sockaddr_storage))) ||
-	    (co__signal_writes.len && (co__signal_writes.fd != fd || !co__signal_writes.dgram)))
+	if (iovcnt < 0 || ((co__signal_writes.len || co__signal_writes.stop) &&
+			   co__signal_writes.fd != fd) ||
+	    (co__signal_writes.len && !co__signal_writes.dgram))
 		return -1;
 	for (i = 0; i < iovcnt; i++) {
 		if (iov[i].iov_len > room)
 			return -1;
 		total += iov[i].iov_len;
 	}
-	if (sizeof(k) + k.name_len + total > room)
+	/* What the kernel would refuse at once goes to libc, as it does
+	 * outside a handler. d is read, never written: the interrupted
+	 * operation may be using it. */
+	d = f ? f->dg : NULL;
+	if (!d || dgram_unsupported(d, flags, how, iovcnt, total, addr, addrlen) != CO_ST_COUNT ||
+	    sizeof(k) + k.name_len + total > room)
 		return -1;
 	k.len = (uint16_t)total;
 	p = co__signal_writes.buf + co__signal_writes.len;
@@ -359,21 +372,31 @@ ssize_t co__dgram_keep(struct co_ctx *ctx, int fd, const struct iovec *iov, int 
 }
 
 /* Sends a kept datagram that cannot join f's queue, after that queue, as the
- * handler's own blocking send would have gone. */
+ * handler's own blocking send would have gone: on a socket that stays full,
+ * waiting at most the linger time. What cannot go is dropped and counted. */
 static void send_kept_dgram(struct co_ctx *ctx, int fd, struct co_fd *f, struct iovec *iov,
 			    void *name, socklen_t name_len)
 {
+	uint64_t deadline = ctx->sys.now_ns() + ctx->cfg.linger_ns, now;
 	struct msghdr msg = { .msg_name = name, .msg_namelen = name_len, .msg_iov = iov,
 			      .msg_iovlen = 1 };
-	ssize_t r = f->dg ? co__flush_locked(ctx, fd, f, CO_ST_flush_order, 0) : 0;
+	struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+	ssize_t r;
 
-	if (r == 0) {
-		do {
-			r = ctx->sys.sendmsg(fd, &msg, MSG_NOSIGNAL);
-		} while (r == -EINTR);
+	if (f->dg)
+		co__drain_locked(ctx, fd, f, CO_ST_flush_order, deadline);
+	for (;;) {
+		r = ctx->sys.sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (r >= 0)
+			return;
+		now = ctx->sys.now_ns();
+		if (r != -EINTR && (!(r == -EAGAIN || r == -ENOBUFS) || now >= deadline))
+			break;
+		if (r == -ENOBUFS)
+			ctx->sys.poll(NULL, 0, 1);
+		else if (r == -EAGAIN)
+			ctx->sys.poll(&pfd, 1, (int)((deadline - now + 999999) / 1000000));
 	}
-	if (r >= 0)
-		return;
 	co_stat_add(&ctx->stats, CO_ST_dgrams_dropped, 1);
 	co_stat_add(&ctx->stats, CO_ST_bytes_dropped, iov->iov_len);
 	co_log(ctx, CO_LOG_ERROR, "fd %d: a datagram a signal handler sent could not be sent "
@@ -387,8 +410,10 @@ void co__dgram_queue_kept(struct co_ctx *ctx, int fd, struct co_fd *f)
 	size_t off = 0;
 	char *name;
 
-	while (off < co__signal_writes.len) {
+	while (off + sizeof(k) <= co__signal_writes.len) {
 		memcpy(&k, co__signal_writes.buf + off, sizeof(k));
+		if (off + sizeof(k) + k.name_len + k.len > co__signal_writes.len)
+			break;
 		name = k.name_len ? co__signal_writes.buf + off + sizeof(k) : NULL;
 		iov.iov_base = co__signal_writes.buf + off + sizeof(k) + k.name_len;
 		iov.iov_len = k.len;
@@ -466,7 +491,7 @@ static ssize_t send_gso(struct co_ctx *ctx, int fd, struct co_fd *f, unsigned n,
 	} ctrl;
 	struct co_rec *r = rec_at(f, 0);
 	struct iovec iov = { .iov_base = rec_data(r) + (size_t)r->sent * r->len,
-			     .iov_len = (size_t)(n - 1) * r->len + r->last_len };
+			     .iov_len = (size_t)(n - 1) * r->len + rec_len(r, r->sent + n - 1u) };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 	struct cmsghdr *cm;
 	uint16_t seg = (uint16_t)r->len;

@@ -71,18 +71,18 @@ static inline void co_note_wait(void)
 #define CO_HELD_BATCH (-2)
 int co__batch_holds(int fd);
 
-/* The marker co__held_fd covers the whole time the lock may be held: it is
- * set before the lock is taken and cleared only after it is released, so a
- * signal handler that comes in between never waits for its own thread.
- * (A handler that comes while the thread still waits for the lock is told
- * -EDEADLK too: a harmless false alarm.) The signal fences keep the
- * compiler from moving the marker across the lock calls. */
 /* Returns 1 if this thread holds fd's lock, alone or in a batch. */
 static inline int co__holds(int fd)
 {
 	return co__held_fd == fd || (co__held_fd == CO_HELD_BATCH && co__batch_holds(fd));
 }
 
+/* The marker co__held_fd covers the whole time the lock may be held: it is
+ * set before the lock is taken and cleared only after it is released, so a
+ * signal handler that comes in between never waits for its own thread.
+ * (A handler that comes while the thread still waits for the lock is told
+ * -EDEADLK too: a harmless false alarm.) The signal fences keep the
+ * compiler from moving the marker across the lock calls. */
 static inline int co__mark_held(int fd, int *prev)
 {
 	*prev = co__held_fd;

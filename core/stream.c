@@ -259,7 +259,8 @@ static ssize_t keep_signal_write(struct co_ctx *ctx, int fd, const struct iovec 
 	int i;
 
 	if (how || (flags & ~CO_QUEUE_FLAGS) || iovcnt < 0 ||
-	    (len && (co__signal_writes.fd != fd || co__signal_writes.dgram)))
+	    ((len || co__signal_writes.stop) && co__signal_writes.fd != fd) ||
+	    (len && co__signal_writes.dgram))
 		return -1;
 	for (i = 0; i < iovcnt; i++) {
 		if (iov[i].iov_len > CO_SIGNAL_WRITES_MAX - len - total)
@@ -361,6 +362,38 @@ void co__queue_signal_writes(void)
 		co_fd_stop(ctx, fd, CO_ST_passthrough_dup);
 }
 
+/* Keeps a signal handler's write for fd, whose lock the handler's own
+ * thread holds (stream bytes, or a datagram with its destination, by fd's
+ * kind), to be queued after the interrupted operation; with stop, fd is a
+ * socket's owner that the handler's write on another fd of the socket
+ * found, and is to stop coalescing then. Every signal is blocked meanwhile:
+ * a handler that interrupted this one would write into the same buffer.
+ * Returns the bytes kept, or -1 (the write goes to libc). */
+static ssize_t keep_blocked(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcnt,
+			    int flags, unsigned how, const struct sockaddr *addr,
+			    socklen_t addrlen, int stop)
+{
+	struct co_fd *f = co_fd_find(&ctx->fds, fd);
+	int kind = f ? atomic_load(&f->kind) : CO_FD_UNKNOWN;
+	sigset_t all, old;
+	ssize_t r = -1;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	if (stop && !((co__signal_writes.len || co__signal_writes.stop) &&
+		      co__signal_writes.fd != fd)) {
+		co__signal_writes.ctx = ctx;
+		co__signal_writes.fd = fd;
+		co__signal_writes.stop = 1;
+	}
+	if (kind == CO_FD_DGRAM)
+		r = co__dgram_keep(ctx, fd, iov, iovcnt, flags, how, addr, addrlen);
+	else if (kind == CO_FD_STREAM)
+		r = keep_signal_write(ctx, fd, iov, iovcnt, flags, how);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return r;
+}
+
 /* A signal handler's write on fd found that fd shares its socket with
  * owner, the fd its own interrupted thread holds: owner cannot be stopped
  * (its queue sent) now. Keeps the bytes (or the datagram), if they fit, to
@@ -370,17 +403,8 @@ static ssize_t keep_for_held_owner(struct co_ctx *ctx, int owner, const struct i
 				   int iovcnt, int flags, unsigned how,
 				   const struct sockaddr *addr, socklen_t addrlen)
 {
-	struct co_fd *o = co_fd_find(&ctx->fds, owner);
-	ssize_t r;
+	ssize_t r = keep_blocked(ctx, owner, iov, iovcnt, flags, how, addr, addrlen, 1);
 
-	if (co__signal_writes.len && co__signal_writes.fd != owner)
-		return CO_PASSTHROUGH;
-	co__signal_writes.ctx = ctx;
-	co__signal_writes.fd = owner;
-	co__signal_writes.stop = 1;
-	r = o && atomic_load(&o->kind) == CO_FD_DGRAM
-		    ? co__dgram_keep(ctx, owner, iov, iovcnt, flags, how, addr, addrlen)
-		    : keep_signal_write(ctx, owner, iov, iovcnt, flags, how);
 	if (r >= 0)
 		return r;
 	co_stat_add(&ctx->stats, CO_ST_passthrough_reentrant, 1);
@@ -543,12 +567,7 @@ ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcn
 	if (co__lock_fd(f, fd) != 0) {
 		/* A signal handler interrupted this thread inside the shim on
 		 * fd: its write is kept for after the interrupted operation. */
-		if (atomic_load(&f->kind) == CO_FD_STREAM)
-			r = keep_signal_write(ctx, fd, iov, iovcnt, flags, how);
-		else if (atomic_load(&f->kind) == CO_FD_DGRAM)
-			r = co__dgram_keep(ctx, fd, iov, iovcnt, flags, how, addr, addrlen);
-		else
-			r = -1;
+		r = keep_blocked(ctx, fd, iov, iovcnt, flags, how, addr, addrlen, 0);
 		if (r >= 0)
 			return r;
 		co_stat_add(&ctx->stats, CO_ST_passthrough_reentrant, 1);

@@ -204,6 +204,23 @@ static void test_older_kernel_gets_64_segments_per_send(void **state)
 	assert_int_equal(stat_of(ctx, CO_ST_dgram_flush_gso), 4);
 }
 
+/* The same with a shorter last datagram in a record of 101: the send of
+ * its first 64 carries 64 full segments; the short one ends the next. */
+static void test_older_kernel_split_keeps_the_short_last_datagram(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = start(fx, NULL, 64, 0);
+	size_t sizes[101], i;
+
+	for (i = 0; i < 100; i++)
+		sizes[i] = 20;
+	sizes[100] = 10;
+	queue_sizes(ctx, &fx->a, sizes, 101);
+	co_flush_all_nowait(ctx, CO_ST_flush_read);
+	check_dgrams(&fx->a, 0, sizes, 101);
+	assert_int_equal(stat_of(ctx, CO_ST_dgram_flush_gso), 2);
+}
+
 /* GSO refused (EIO: no checksum offload on the way out): the same
  * datagrams go one by one with sendmmsg, and GSO is not tried again on
  * that socket. */
@@ -348,13 +365,14 @@ static void random_sequence(struct fixture *fx, uint32_t seed)
 	const int *mode;
 	ssize_t r;
 	int op, i, err, stalled[4], nstalled;
+	unsigned long_run = 0;
 
 	fake_config(&cfg);
 	cfg.max_msgs = 2 + next_random(&x) % 160;
 	mode = gso_modes[next_random(&x) % 4];
 	ctx = start(fx, &cfg, mode[0], mode[1]);
 	for (op = 0; op < RANDOM_OPS; op++) {
-		switch (next_random(&x) % 12) {
+		switch (long_run ? 2 : next_random(&x) % 12) {
 		case 0:
 			co_flush_all_nowait(ctx, CO_ST_flush_read);
 			break;
@@ -376,10 +394,18 @@ static void random_sequence(struct fixture *fx, uint32_t seed)
 			break;
 		default:
 			i = (int)(next_random(&x) % 10);
-			if (i >= 6)
+			if (long_run) {
+				/* A run longer than one GSO send of older
+				 * kernels, ended by a shorter datagram. */
+				if (--long_run == 0 && size > 1)
+					size = 1 + next_random(&x) % (size - 1);
+			} else if (i == 9 && next_random(&x) % 4 == 0) {
+				long_run = 65 + next_random(&x) % 70;
+			} else if (i >= 6) {
 				size = 1 + next_random(&x) % 1500;
-			else if (i >= 4 && size > 1)
+			} else if (i >= 4 && size > 1) {
 				size = 1 + next_random(&x) % (size - 1);
+			}
 			r = app_write(ctx, &fx->a, size, 0);
 			if (r == (ssize_t)size) {
 				off[n] = fx->a.done - size;
@@ -673,6 +699,68 @@ static void test_signal_handler_datagram_on_a_duplicate(void **state)
 	assert_int_equal(stat_of(ctx, CO_ST_dgrams_dropped), 0);
 }
 
+/* A handler's datagram the kernel could refuse at once (a destination the
+ * socket never sent to, a size over what the queue takes) is not kept: it
+ * goes to libc, where the handler sees the kernel's answer. */
+static void handler_sends_odd(struct co_ctx *ctx)
+{
+	if (handler.calls++)
+		return;
+	handler.result = lc_send(ctx, handler.fd, handler.buf, handler.len, 9999);
+}
+
+static void test_signal_handler_datagram_to_a_new_destination_is_not_kept(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = start(fx, NULL, 128, 0);
+	const uint16_t *ports;
+	const uint32_t *lens;
+
+	memset(&handler, 0, sizeof(handler));
+	handler.fd = FD;
+	handler.buf = fx->a.src + 100;
+	handler.len = 20;
+	ctx->on_pending = handler_sends_odd;
+	assert_int_equal(app_write(ctx, &fx->a, 30, 0), 30);
+	ctx->on_pending = NULL;
+	assert_int_equal(handler.result, 20);
+	assert_int_equal(stat_of(ctx, CO_ST_writes_from_signal_handlers), 0);
+	assert_int_equal(stat_of(ctx, CO_ST_passthrough_reentrant), 1);
+	assert_int_equal(fake_dgrams(FD, &lens, &ports), 1);
+	assert_int_equal(ports[0], 9999);
+	co_flush_all_nowait(ctx, CO_ST_flush_read);
+	assert_int_equal(fake_dgrams(FD, &lens, &ports), 2);
+	assert_int_equal(lens[1], 30);
+}
+
+static void handler_sends_large(struct co_ctx *ctx)
+{
+	if (handler.calls++)
+		return;
+	handler.result = lc_send(ctx, handler.fd, handler.buf, handler.len, 0);
+}
+
+static void test_signal_handler_datagram_over_the_size_limit_is_not_kept(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_config cfg;
+	struct co_ctx *ctx;
+
+	fake_config(&cfg);
+	cfg.large_bytes = 1000;
+	ctx = start(fx, &cfg, 128, 0);
+	memset(&handler, 0, sizeof(handler));
+	handler.fd = FD;
+	handler.buf = fx->a.src + 100000;
+	handler.len = 1500;
+	ctx->on_pending = handler_sends_large;
+	assert_int_equal(app_write(ctx, &fx->a, 30, 0), 30);
+	ctx->on_pending = NULL;
+	assert_int_equal(handler.result, 1500);
+	assert_int_equal(stat_of(ctx, CO_ST_writes_from_signal_handlers), 0);
+	assert_int_equal(stat_of(ctx, CO_ST_passthrough_reentrant), 1);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -682,6 +770,7 @@ int main(void)
 		T(test_shorter_datagram_ends_a_gso_run),
 		T(test_sendmmsg_stops_before_a_long_gso_run),
 		T(test_older_kernel_gets_64_segments_per_send),
+		T(test_older_kernel_split_keeps_the_short_last_datagram),
 		T(test_gso_refused_sends_one_by_one_from_then_on),
 		T(test_sendmmsg_resumes_inside_a_record),
 		T(test_refused_first_datagram_of_a_gso_run),
@@ -690,6 +779,8 @@ int main(void)
 		T(test_random_lifecycles_keep_every_socket_in_order),
 		T(test_signal_handler_datagram_goes_after_the_interrupted_one),
 		T(test_signal_handler_datagram_on_a_duplicate),
+		T(test_signal_handler_datagram_to_a_new_destination_is_not_kept),
+		T(test_signal_handler_datagram_over_the_size_limit_is_not_kept),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
