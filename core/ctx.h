@@ -24,7 +24,7 @@ struct co_ctx {
 	 * backend is writev, there is no ring, or it failed for good. */
 	_Atomic int ring_off;
 	/* Set once the kernel refused a UDP GSO send of more segments than
-	 * older kernels take (64): later ones stay within that. */
+	 * older kernels take (64), and took 64: later ones stay within that. */
 	_Atomic int gso_segments_low;
 	struct co_sockmap socks;
 	struct co_fdtable fds;

@@ -474,7 +474,7 @@ static unsigned gso_run(struct co_ctx *ctx, struct co_fd *f)
 	if (f->dg->corked || !gso_worth(f->dg, r))
 		return 0;
 	if (left > CO_GSO_SEGMENTS_OLD &&
-	    atomic_load_explicit(&ctx->gso_segments_low, memory_order_relaxed))
+	    (f->dg->gso_fewer || atomic_load_explicit(&ctx->gso_segments_low, memory_order_relaxed)))
 		return CO_GSO_SEGMENTS_OLD;
 	return left;
 }
@@ -512,13 +512,19 @@ static ssize_t send_gso(struct co_ctx *ctx, int fd, struct co_fd *f, unsigned n,
 	if (s >= 0) {
 		co_stat_add(&ctx->stats, CO_ST_dgram_flush_gso, 1);
 		co_stat_add(&ctx->stats, CO_ST_flush_bytes, (uint64_t)s);
+		/* The kernel refused more segments, and takes this many: an
+		 * older kernel, for every socket of the process. */
+		if (f->dg->gso_fewer && !atomic_exchange(&ctx->gso_segments_low, 1))
+			co_log(ctx, CO_LOG_INFO, "UDP GSO takes %d segments per send at most",
+			       CO_GSO_SEGMENTS_OLD);
+		f->dg->gso_fewer = 0;
 		return n;
 	}
 	if (s == -EINVAL && n > CO_GSO_SEGMENTS_OLD) {
-		/* An older kernel: 64 segments per send at most. */
-		if (!atomic_exchange(&ctx->gso_segments_low, 1))
-			co_log(ctx, CO_LOG_INFO, "UDP GSO takes %d segments per send at most",
-			       CO_GSO_SEGMENTS_OLD);
+		/* Perhaps an older kernel: the same datagrams go again, 64
+		 * segments per send; if the kernel refuses those too, it is not
+		 * the count, and GSO stops on this socket (below). */
+		f->dg->gso_fewer = 1;
 		return 0;
 	}
 	if (s == -EIO || s == -EINVAL || s == -ENOPROTOOPT || s == -EOPNOTSUPP) {

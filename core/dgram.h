@@ -16,6 +16,7 @@ struct co_dgram {
 	int family;              /* AF_INET, AF_INET6 or AF_UNIX */
 	unsigned char connected; /* sends without an address go to the peer */
 	unsigned char gso;       /* UDP GSO may be used on this socket */
+	unsigned char gso_fewer; /* the kernel refused a GSO send of more than 64 segments */
 	/* A send with MSG_MORE went to libc: the kernel holds a datagram
 	 * open, which the next send completes. A GSO send would be appended
 	 * to it whole: the next datagram goes alone. */

@@ -221,6 +221,21 @@ static void test_older_kernel_split_keeps_the_short_last_datagram(void **state)
 	assert_int_equal(stat_of(ctx, CO_ST_dgram_flush_gso), 2);
 }
 
+/* EINVAL for another reason than the count (the kernel refuses 64 too):
+ * GSO stops on that socket only; other sockets keep sending 128. */
+static void test_einval_for_another_reason_stops_gso_on_that_socket(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = start(fx, NULL, 128, EINVAL);
+
+	queue_equal(ctx, &fx->a, 100, 20);
+	co_flush_all_nowait(ctx, CO_ST_flush_read);
+	check_equal_dgrams(&fx->a, 100, 20);
+	assert_int_equal(stat_of(ctx, CO_ST_dgram_gso_fallbacks), 1);
+	assert_int_equal(stat_of(ctx, CO_ST_dgram_flush_gso), 0);
+	assert_int_equal(atomic_load(&ctx->gso_segments_low), 0);
+}
+
 /* GSO refused (EIO: no checksum offload on the way out): the same
  * datagrams go one by one with sendmmsg, and GSO is not tried again on
  * that socket. */
@@ -771,6 +786,7 @@ int main(void)
 		T(test_sendmmsg_stops_before_a_long_gso_run),
 		T(test_older_kernel_gets_64_segments_per_send),
 		T(test_older_kernel_split_keeps_the_short_last_datagram),
+		T(test_einval_for_another_reason_stops_gso_on_that_socket),
 		T(test_gso_refused_sends_one_by_one_from_then_on),
 		T(test_sendmmsg_resumes_inside_a_record),
 		T(test_refused_first_datagram_of_a_gso_run),
