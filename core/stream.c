@@ -126,29 +126,23 @@ static enum co_counter unsupported(const struct co_fd *f, int flags, unsigned ho
 }
 
 /* After a send that took only part of the caller's bytes: returns 1 if
- * that is the kernel splitting a nonblocking write, which the caller would
- * not have seen (it takes a small write whole or not at all), 0 if the
- * caller would have seen the same short count: a blocking send interrupted
- * by a signal, an error after some bytes, or a close meanwhile. Rare: one
- * fcntl at most. fd's lock is held. */
-static int short_send_splits(struct co_ctx *ctx, int fd, struct co_fd *f, int flags)
+ * the rest is to be queued, so that the caller sees its small write taken
+ * whole, as it would have without the queue: the kernel splitting a
+ * nonblocking write (it takes a small write whole or not at all), or a
+ * blocking send interrupted by a signal (or a send timeout) after part of
+ * it, a wait that the queue sent along made likely. 0 after an error or a
+ * close meanwhile: the caller sees the short count. fd's lock is held. */
+static int short_send_splits(struct co_fd *f)
 {
-	int fl;
-
-	if (f->deferred_err || atomic_load_explicit(&f->close_pending, memory_order_acquire))
-		return 0;
-	if (flags & MSG_DONTWAIT)
-		return 1;
-	fl = ctx->sys.fcntl_getfl(fd);
-	return fl >= 0 && (fl & O_NONBLOCK);
+	return !f->deferred_err && !atomic_load_explicit(&f->close_pending, memory_order_acquire);
 }
 
 /* Sends the queue and the caller's bytes together, without copying them.
  * If the kernel is full, or takes only part of a small write, and the rest
  * fits in the queue after all, queues it: a small write is not split (the
  * kernel takes a small write on a Unix socket whole or not at all, and
- * another thread's bytes must not land inside it). Returns what co_write
- * returns. */
+ * another thread's bytes, or a signal handler's, must not land inside it).
+ * Returns what co_write returns. */
 static ssize_t write_through(struct co_ctx *ctx, int fd, struct co_fd *f,
 			     const struct iovec *iov, int iovcnt, size_t total, int flags)
 {
@@ -159,7 +153,7 @@ static ssize_t write_through(struct co_ctx *ctx, int fd, struct co_fd *f,
 	co_stat_add(&ctx->stats, trigger, 1);
 	r = co__send_queue(ctx, fd, f, iov, iovcnt, total, flags & MSG_DONTWAIT);
 	sent = r > 0 ? (size_t)r : 0;
-	if ((r == -EAGAIN || (r >= 0 && sent < total && short_send_splits(ctx, fd, f, flags))) &&
+	if ((r == -EAGAIN || (r >= 0 && sent < total && short_send_splits(f))) &&
 	    total < ctx->cfg.large_bytes &&
 	    pending_len(&f->q) + total - sent <= ctx->cfg.max_bytes &&
 	    pending_append_from(&f->q, &ctx->sys, iov, iovcnt, sent, total - sent) == 0) {
@@ -317,28 +311,15 @@ static void send_kept(struct co_ctx *ctx, int fd, struct co_fd *f)
 	co__sync_mark(ctx, fd, f);
 }
 
-void co__queue_signal_writes(void)
+/* Queues the writes kept in co__signal_writes for fd (f, whose lock this
+ * thread holds, every signal blocked) after f's queue, and empties it. */
+static void queue_kept_locked(struct co_ctx *ctx, int fd, struct co_fd *f)
 {
-	struct co_ctx *ctx = co__signal_writes.ctx;
-	int fd = co__signal_writes.fd;
-	struct iovec iov = { .iov_base = co__signal_writes.buf };
-	struct co_fd *f = co_fd_find(&ctx->fds, fd);
-	sigset_t all, old;
-	int stop;
+	struct iovec iov = { .iov_base = co__signal_writes.buf, .iov_len = co__signal_writes.len };
 
-	/* Still inside the handler, under the interrupted operation: that
-	 * operation's own unlock comes later. */
-	if (!f || co__lock_fd(f, fd) != 0)
+	if (iov.iov_len == 0)
 		return;
-	/* No handler may add to the buffer while it is being emptied. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	stop = co__signal_writes.stop;
-	co__signal_writes.stop = 0;
-	iov.iov_len = co__signal_writes.len;
-	if (iov.iov_len == 0) {
-		/* Nothing kept: only a stop to make. */
-	} else if (co__signal_writes.dgram) {
+	if (co__signal_writes.dgram) {
 		co__dgram_queue_kept(ctx, fd, f);
 	} else if (atomic_load(&f->kind) == CO_FD_STREAM &&
 		   pending_append(&f->q, &ctx->sys, &iov, 1, iov.iov_len) == 0) {
@@ -356,10 +337,45 @@ void co__queue_signal_writes(void)
 		send_kept(ctx, fd, f);
 	}
 	co__signal_writes.len = 0;
+}
+
+void co__queue_signal_writes(void)
+{
+	struct co_ctx *ctx = co__signal_writes.ctx;
+	int fd = co__signal_writes.fd;
+	struct co_fd *f = co_fd_find(&ctx->fds, fd);
+	sigset_t all, old;
+	int stop;
+
+	/* Still inside the handler, under the interrupted operation: that
+	 * operation's own unlock comes later. */
+	if (!f || co__lock_fd(f, fd) != 0)
+		return;
+	/* No handler may add to the buffer while it is being emptied. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	stop = co__signal_writes.stop;
+	co__signal_writes.stop = 0;
+	queue_kept_locked(ctx, fd, f);
 	co__unlock_fd(f);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (stop)
 		co_fd_stop(ctx, fd, CO_ST_passthrough_dup);
+}
+
+/* fd's lock just taken by a write: what a signal handler kept for fd while
+ * this thread held it came first, and goes first. (A handler that comes
+ * between the interrupted operation's unlock and its co__queue_signal_writes
+ * takes the lock itself, with the kept write still waiting.) */
+static void queue_kept_first(struct co_ctx *ctx, int fd, struct co_fd *f)
+{
+	sigset_t all, old;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	if (co__signal_writes.fd == fd && co__signal_writes.ctx == ctx)
+		queue_kept_locked(ctx, fd, f);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
 /* Keeps a signal handler's write for fd, whose lock the handler's own
@@ -575,6 +591,8 @@ ssize_t co_sendto(struct co_ctx *ctx, int fd, const struct iovec *iov, int iovcn
 	}
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_UNKNOWN)
 		co__classify(ctx, fd, f);
+	if (__builtin_expect(co__signal_writes.len != 0, 0) && co__signal_writes.fd == fd)
+		queue_kept_first(ctx, fd, f);
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_BEHIND)
 		owner = f->behind;
 	if (atomic_load_explicit(&f->kind, memory_order_relaxed) == CO_FD_STREAM ||

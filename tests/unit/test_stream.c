@@ -1180,6 +1180,24 @@ static void test_short_send_of_the_callers_bytes_is_a_short_count(void **state)
 	assert_true(app_wire_is(&fx->a, 40300));
 }
 
+/* A blocking send of the queue and a small write, interrupted by a signal
+ * after part of the write (the kernel returns what it took): the rest is
+ * queued and the caller sees its write taken whole, as it would have
+ * without the queue, which made the wait. */
+static void test_interrupted_blocking_send_does_not_split_a_small_write(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = use_sizes(fx, 1024, 512);
+
+	queue_writes(ctx, &fx->a, 10, 100);
+	fake_send_limit(5, 1010, 1);
+	assert_int_equal(app_write(ctx, &fx->a, 200, 0), 200);
+	assert_true(app_wire_is(&fx->a, 1010));
+	assert_int_equal(app_queued(ctx, 5), 190);
+	co_flush_all_nowait(ctx, CO_ST_flush_read);
+	assert_true(app_wire_is(&fx->a, 1200));
+}
+
 /* EAGAIN */
 
 static void test_eagain_with_full_queue_after_the_kernel_said_so(void **state)
@@ -1562,6 +1580,7 @@ int main(void)
 		T(test_partial_sends_continue_where_they_stopped),
 		T(test_partial_deferred_flush_continues),
 		T(test_short_send_of_the_callers_bytes_is_a_short_count),
+		T(test_interrupted_blocking_send_does_not_split_a_small_write),
 		T(test_eagain_with_full_queue_after_the_kernel_said_so),
 		T(test_eagain_queues_a_write_that_still_fits),
 		T(test_eagain_after_part_of_the_queue_was_sent),
