@@ -1705,6 +1705,37 @@ __attribute__((format(printf, 1, 2))) static void co_dgram_shortfall(const char 
 		snprintf(co_dgram_first_shortfall, sizeof(co_dgram_first_shortfall), "%s", msg);
 }
 
+int co_dgram_add_receiver(struct co_dgram_check *k, int family, int path, char *text,
+			  size_t size)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int fd = co_dgram_socket(family, path, &ss, &len);
+
+	co_dgram_rx_setup(fd);
+	co_addr_format(&ss, len, text, size);
+	return co_dgram_add_rx(k, fd);
+}
+
+void co_dgram_run_child(struct co_dgram_check *k, const char *const *args,
+			const struct co_fdmap *map, int n, const char *const *env, uint64_t total,
+			int batched, const char *what)
+{
+	struct co_child c;
+	int i;
+
+	co_spawn(&c, args, map, n, env, 1);
+	for (i = 0; i < n; i++)
+		close(map[i].from);
+	co_phase("%s: receiving %llu datagrams", what, (unsigned long long)total);
+	co_dgram_recv_until(k, total, 5000);
+	co_phase("%s: waiting for the writer", what);
+	co_wait_ok(&c, what);
+	co_phase("%s: checking that nothing else arrives", what);
+	co_dgram_finish(k);
+	co_dgram_expect_coalesced(&c, batched, what);
+}
+
 void co_dgram_expect_coalesced(const struct co_child *c, int batched, const char *what)
 {
 	long long queued = 0, mmsg = 0, gso = 0;

@@ -367,6 +367,21 @@ void co_dgram_recv_until(struct co_dgram_check *k, uint64_t target, unsigned idl
  * kernel accounts for its loss. */
 void co_dgram_finish(struct co_dgram_check *k);
 
+/* A receiving socket for k: co_dgram_socket(family, path), set up
+ * (co_dgram_rx_setup) and added (co_dgram_add_rx); its address is written
+ * to text (size bytes) for the child's command line. Returns its dest id. */
+int co_dgram_add_receiver(struct co_dgram_check *k, int family, int path, char *text,
+			  size_t size);
+
+/* The usual run of a datagram test: starts the child (co_spawn, with a
+ * stats file) with the fds in map (n entries, closed here once handed
+ * over), receives the total datagrams k expects while it runs, waits for
+ * it, checks that nothing else arrives, and that it coalesced datagrams
+ * (co_dgram_expect_coalesced with batched). what names the run. */
+void co_dgram_run_child(struct co_dgram_check *k, const char *const *args,
+			const struct co_fdmap *map, int n, const char *const *env, uint64_t total,
+			int batched, const char *what);
+
 /* THE datagram-coalescing check. Reads the child's stats and requires
  * "dgrams_queued" > 0 and, if batched, "dgram_flush_sendmmsg" +
  * "dgram_flush_gso" > 0. No-op with TEST_NO_SHIM. It does not stop the

@@ -210,23 +210,17 @@ static void run(int v)
 {
 	struct co_dgram_check *k = co_dgram_check_new(variants[v]);
 	const char *env[] = { CO_LONG_DELAY, NULL };
-	struct sockaddr_storage ss;
-	socklen_t len;
 	char vs[16], text[NRX][128];
 	const char *args[NRX + 2];
 	struct co_fdmap map[3];
-	struct co_child c;
 	uint64_t total;
-	int i, fd;
+	int i;
 
 	co_phase("%s: setting up", variants[v]);
 	snprintf(vs, sizeof(vs), "%d", v);
 	args[0] = vs;
 	for (i = 0; i < NRX; i++) {
-		fd = co_dgram_socket(i < 3 ? AF_INET : AF_UNIX, 0, &ss, &len);
-		co_dgram_rx_setup(fd);
-		co_dgram_add_rx(k, fd);
-		co_addr_format(&ss, len, text[i], sizeof(text[i]));
+		co_dgram_add_receiver(k, i < 3 ? AF_INET : AF_UNIX, 0, text[i], sizeof(text[i]));
 		args[1 + i] = text[i];
 	}
 	args[1 + NRX] = NULL;
@@ -238,16 +232,7 @@ static void run(int v)
 	total = expect_sender(k, v, 0, BEFORE + DURING + AFTER);
 	if (child_sends(v))
 		total = expect_sender(k, v, 1, DURING);
-	co_spawn(&c, args, map, 3, env, 1);
-	for (i = 0; i < 3; i++)
-		close(map[i].from);
-	co_phase("%s: receiving %llu datagrams", variants[v], (unsigned long long)total);
-	co_dgram_recv_until(k, total, 3000);
-	co_phase("%s: waiting for the writer", variants[v]);
-	co_wait_ok(&c, variants[v]);
-	co_phase("%s: checking that nothing else arrives", variants[v]);
-	co_dgram_finish(k);
-	co_dgram_expect_coalesced(&c, 0, variants[v]);
+	co_dgram_run_child(k, args, map, 3, env, total, 0, variants[v]);
 	co_dgram_check_free(k);
 }
 

@@ -431,18 +431,15 @@ static void sockets(const struct run *rn, const struct plan *p, struct co_dgram_
 {
 	struct sockaddr_storage ss;
 	socklen_t len;
-	int i, fd;
+	int i;
 
 	if (rn->pair) {
 		unix_pair(rn->type, k, s);
 		return;
 	}
 	for (i = 0; i < rn->nrx; i++) {
-		fd = co_dgram_socket(rn->family, rn->family == AF_UNIX && i < rn->nrx / 2, &ss,
-				     &len);
-		co_dgram_rx_setup(fd);
-		co_dgram_add_rx(k, fd);
-		co_addr_format(&ss, len, s->addr[i], sizeof(s->addr[i]));
+		co_dgram_add_receiver(k, rn->family, rn->family == AF_UNIX && i < rn->nrx / 2,
+				      s->addr[i], sizeof(s->addr[i]));
 		s->args[i + 1] = s->addr[i];
 	}
 	s->nw = p->nw;

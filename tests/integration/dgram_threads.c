@@ -190,16 +190,13 @@ static void run(int v)
 	struct co_dgram_check *k = co_dgram_check_new(variants[v]);
 	const char *env_defaults[] = { NULL };
 	const char *env_long[] = { CO_LONG_DELAY, "COALESCE_MAX_MSGS=1024", NULL };
-	struct sockaddr_storage ss;
-	socklen_t len;
 	char vs[16], text[NRX][128];
 	const char *args[NRX + 2];
 	struct co_fdmap map[NRX];
-	struct co_child c;
 	struct sender s;
 	uint64_t total = 0;
 	unsigned w;
-	int i, fd, dest;
+	int i, dest;
 	size_t dlen;
 	uint32_t seq;
 
@@ -207,10 +204,7 @@ static void run(int v)
 	snprintf(vs, sizeof(vs), "%d", v);
 	args[0] = vs;
 	for (i = 0; i < NRX; i++) {
-		fd = co_dgram_socket(i < 2 ? AF_INET : AF_UNIX, 0, &ss, &len);
-		co_dgram_rx_setup(fd);
-		co_dgram_add_rx(k, fd);
-		co_addr_format(&ss, len, text[i], sizeof(text[i]));
+		co_dgram_add_receiver(k, i < 2 ? AF_INET : AF_UNIX, 0, text[i], sizeof(text[i]));
 		args[1 + i] = text[i];
 	}
 	args[1 + NRX] = NULL;
@@ -225,16 +219,7 @@ static void run(int v)
 			total = co_dgram_expect(k, w, (unsigned)dest, seq, dlen, -1);
 		}
 	}
-	co_spawn(&c, args, map, NRX, v ? env_long : env_defaults, 1);
-	for (i = 0; i < NRX; i++)
-		close(map[i].from);
-	co_phase("%s: receiving %llu datagrams", variants[v], (unsigned long long)total);
-	co_dgram_recv_until(k, total, 5000);
-	co_phase("%s: waiting for the writer", variants[v]);
-	co_wait_ok(&c, variants[v]);
-	co_phase("%s: checking that nothing else arrives", variants[v]);
-	co_dgram_finish(k);
-	co_dgram_expect_coalesced(&c, 1, variants[v]);
+	co_dgram_run_child(k, args, map, NRX, v ? env_long : env_defaults, total, 1, variants[v]);
 	co_dgram_check_free(k);
 }
 

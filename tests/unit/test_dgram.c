@@ -369,6 +369,49 @@ static size_t check_subsequence(const struct app *a, const size_t *off, const si
 	return missing + (n - i);
 }
 
+/* After a datagram of size, the size of the next: often the same (a run),
+ * sometimes smaller (a run's shorter last one), else any from 1 to max. */
+static size_t next_size(uint32_t *x, size_t size, size_t max)
+{
+	uint32_t i = next_random(x) % 10;
+
+	if (i >= 6)
+		return 1 + next_random(x) % max;
+	if (i >= 4 && size > 1)
+		return 1 + next_random(x) % (size - 1);
+	return size;
+}
+
+/* One of the disturbances of the random tests, by kind: 0 a flush as a
+ * read makes, 1 a scripted kernel on fd (a few sends taken, then an error
+ * from errs), 2 the deadline passing, 3 an allocation that fails. */
+static void disturb(struct co_ctx *ctx, const struct co_config *cfg, int fd, uint32_t *x,
+		    unsigned kind, const int *errs, unsigned nerrs)
+{
+	int stalled[4], nstalled;
+
+	switch (kind) {
+	case 0:
+		co_flush_all_nowait(ctx, CO_ST_flush_read);
+		break;
+	case 1:
+		if (fake_script_left(fd) > 0)
+			break;
+		fake_send_limit(fd, 1u << 20, (int)(next_random(x) % 6));
+		fake_send_error(fd, errs[next_random(x) % nerrs], 1);
+		break;
+	case 2:
+		fake_clock_advance(cfg->delay_ns);
+		co_flush_due(ctx, fake_clock(), stalled, 4, &nstalled);
+		break;
+	default:
+		if (next_random(x) % 2)
+			fake_fail_realloc(1);
+		else
+			fake_fail_alloc(1);
+	}
+}
+
 static void random_sequence(struct fixture *fx, uint32_t seed)
 {
 	static const int errs[] = { EAGAIN, ENOBUFS, ECONNREFUSED, EHOSTUNREACH };
@@ -379,56 +422,36 @@ static void random_sequence(struct fixture *fx, uint32_t seed)
 	struct co_ctx *ctx;
 	const int *mode;
 	ssize_t r;
-	int op, i, err, stalled[4], nstalled;
-	unsigned long_run = 0;
+	unsigned long_run = 0, kind;
+	int op, i, err;
 
 	fake_config(&cfg);
 	cfg.max_msgs = 2 + next_random(&x) % 160;
 	mode = gso_modes[next_random(&x) % 4];
 	ctx = start(fx, &cfg, mode[0], mode[1]);
 	for (op = 0; op < RANDOM_OPS; op++) {
-		switch (long_run ? 2 : next_random(&x) % 12) {
-		case 0:
-			co_flush_all_nowait(ctx, CO_ST_flush_read);
-			break;
-		case 10:
-			fake_clock_advance(cfg.delay_ns);
-			co_flush_due(ctx, fake_clock(), stalled, 4, &nstalled);
-			break;
-		case 11:
-			if (next_random(&x) % 2)
-				fake_fail_realloc(1);
-			else
-				fake_fail_alloc(1);
-			break;
-		case 1:
-			if (fake_script_left(FD) > 0)
-				break;
-			fake_send_limit(FD, 1u << 20, (int)(next_random(&x) % 6));
-			fake_send_error(FD, errs[next_random(&x) % 4], 1);
-			break;
-		default:
-			i = (int)(next_random(&x) % 10);
-			if (long_run) {
-				/* A run longer than one GSO send of older
-				 * kernels, ended by a shorter datagram. */
-				if (--long_run == 0 && size > 1)
-					size = 1 + next_random(&x) % (size - 1);
-			} else if (i == 9 && next_random(&x) % 4 == 0) {
-				long_run = 65 + next_random(&x) % 70;
-			} else if (i >= 6) {
-				size = 1 + next_random(&x) % 1500;
-			} else if (i >= 4 && size > 1) {
+		kind = long_run ? 4 : next_random(&x) % 12;
+		if (kind < 4) {
+			disturb(ctx, &cfg, FD, &x, kind, errs, 4);
+			continue;
+		}
+		if (long_run) {
+			/* A run longer than one GSO send of older kernels,
+			 * ended by a shorter datagram. */
+			if (--long_run == 0 && size > 1)
 				size = 1 + next_random(&x) % (size - 1);
-			}
-			r = app_write(ctx, &fx->a, size, 0);
-			if (r == (ssize_t)size) {
-				off[n] = fx->a.done - size;
-				len[n++] = size;
-			} else {
-				assert_true(r == -EAGAIN || r == -ENOBUFS || r == -ECONNREFUSED ||
-					    r == -EHOSTUNREACH);
-			}
+		} else if (next_random(&x) % 40 == 0) {
+			long_run = 65 + next_random(&x) % 70;
+		} else {
+			size = next_size(&x, size, 1500);
+		}
+		r = app_write(ctx, &fx->a, size, 0);
+		if (r == (ssize_t)size) {
+			off[n] = fx->a.done - size;
+			len[n++] = size;
+		} else {
+			assert_true(r == -EAGAIN || r == -ENOBUFS || r == -ECONNREFUSED ||
+				    r == -EHOSTUNREACH);
 		}
 	}
 	fake_fail_alloc(0);
@@ -530,7 +553,8 @@ static void lifecycle_sequence(struct lc_sock *sk, uint32_t seed)
 	struct co_config cfg;
 	struct co_ctx *ctx;
 	struct lc_sock *s;
-	int op, i, fd, port, dup_open = 0, stalled[4], nstalled;
+	int op, i, fd, port, dup_open = 0;
+	unsigned kind;
 	ssize_t r;
 
 	fake_reset();
@@ -545,27 +569,13 @@ static void lifecycle_sequence(struct lc_sock *sk, uint32_t seed)
 		sk[i].used = sk[i].n = 0;
 	ctx = fake_ctx_new(&cfg);
 	for (op = 0; op < RANDOM_OPS; op++) {
-		switch (next_random(&x) % 16) {
-		case 0:
-			co_flush_all_nowait(ctx, CO_ST_flush_read);
-			break;
-		case 1:
+		kind = next_random(&x) % 16;
+		if (kind < 4) {
 			fd = next_random(&x) % 2 ? LC_FD : LC_FD2;
-			if (fake_script_left(fd) > 0)
-				break;
-			fake_send_limit(fd, 1u << 20, (int)(next_random(&x) % 6));
-			fake_send_error(fd, errs[next_random(&x) % 3], 1);
-			break;
-		case 2:
-			fake_clock_advance(cfg.delay_ns);
-			co_flush_due(ctx, fake_clock(), stalled, 4, &nstalled);
-			break;
-		case 3:
-			if (next_random(&x) % 2)
-				fake_fail_realloc(1);
-			else
-				fake_fail_alloc(1);
-			break;
+			disturb(ctx, &cfg, fd, &x, kind, errs, 3);
+			continue;
+		}
+		switch (kind) {
 		case 4:
 			if (dup_open) {
 				co_close_end(co_close_begin(ctx, LC_DUP));
@@ -580,11 +590,7 @@ static void lifecycle_sequence(struct lc_sock *sk, uint32_t seed)
 			co_flush_before_send(ctx, fd, CO_ST_flush_order, 0);
 			break;
 		default:
-			i = (int)(next_random(&x) % 10);
-			if (i >= 6)
-				size = 1 + next_random(&x) % 1400;
-			else if (i >= 4 && size > 1)
-				size = 1 + next_random(&x) % (size - 1);
+			size = next_size(&x, size, 1400);
 			i = (int)(next_random(&x) % 3);
 			fd = i == 0 ? LC_FD : i == 1 && dup_open ? LC_DUP : LC_FD2;
 			s = &sk[fd == LC_FD2];
