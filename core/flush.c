@@ -314,6 +314,10 @@ static int is_due(struct flush_arg *arg, int fd, struct co_fd *f)
 	return 0;
 }
 
+/* How long the deadline flush waits for a queue's lock before it looks at
+ * the next queue. */
+#define CO_FLUSHER_LOCK_WAIT_NS 20000ull
+
 static void flush_one_due(int fd, void *argp)
 {
 	struct flush_arg *arg = argp;
@@ -322,9 +326,10 @@ static void flush_one_due(int fd, void *argp)
 
 	if (!f)
 		return;
-	if (co__trylock_fd(f, fd) != 0) {
-		/* Its owner is writing or flushing it, which sends the queue or
-		 * keeps it short; look again after one delay. */
+	/* A writer holds the lock for the time of one write: wait for that,
+	 * or the queue would wait one more delay. One blocked in a send on a
+	 * full socket is sending the queue: look again after one delay. */
+	if (co__timedlock_fd(f, fd, ctx->sys.now_ns() + CO_FLUSHER_LOCK_WAIT_NS) != 0) {
 		due_by(arg, arg->now + ctx->cfg.delay_ns);
 		return;
 	}

@@ -187,6 +187,9 @@ int co__send_at_once(struct co_fd *f)
 	return f->direct && f->burst == 1 && pending_len(&f->q) == 0;
 }
 
+/* Writes between two looks at the clock by a writer whose queue grows. */
+#define CO_DEADLINE_CHECK 64u
+
 /* Queues a write on a stream socket, or sends it with the queue. fd's lock
  * is held. Returns what co_write returns. */
 static ssize_t stream_write(struct co_ctx *ctx, int fd, struct co_fd *f,
@@ -238,6 +241,12 @@ static ssize_t stream_write(struct co_ctx *ctx, int fd, struct co_fd *f,
 	f->writes++;
 	f->wbytes += total;
 	co__sync_mark(ctx, fd, f);
+	/* A writer that keeps a queue growing sends it itself once it is due:
+	 * with every core busy, the deadline flusher may not run in time. One
+	 * clock read every CO_DEADLINE_CHECK writes. */
+	if ((f->writes & (CO_DEADLINE_CHECK - 1)) == 0 &&
+	    ctx->sys.now_ns() >= f->first_ns + ctx->cfg.delay_ns)
+		co__flush_deferred(ctx, fd, f, CO_ST_flush_deadline, flags & MSG_DONTWAIT);
 	return (ssize_t)total;
 }
 

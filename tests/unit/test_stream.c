@@ -1198,6 +1198,27 @@ static void test_interrupted_blocking_send_does_not_split_a_small_write(void **s
 	assert_true(app_wire_is(&fx->a, 1200));
 }
 
+/* A writer that keeps a queue growing past the deadline sends it itself
+ * (the flusher may get no core in time): at its next 64th write, not
+ * before, and not while the queue is younger than the deadline. */
+static void test_writer_sends_a_due_queue_itself(void **state)
+{
+	struct fixture *fx = *state;
+	struct co_ctx *ctx = fx->ctx;
+
+	queue_writes(ctx, &fx->a, 64, 10);
+	assert_int_equal(fake_send_calls(5), 0);
+	queue_writes(ctx, &fx->a, 10, 10);
+	fake_clock_advance(ctx->cfg.delay_ns);
+	queue_writes(ctx, &fx->a, 53, 10);
+	assert_int_equal(fake_send_calls(5), 0);
+	assert_int_equal(app_write(ctx, &fx->a, 10, 0), 10);
+	assert_int_equal(fake_send_calls(5), 1);
+	assert_true(app_wire_is(&fx->a, 1280));
+	assert_int_equal(app_queued(ctx, 5), 0);
+	assert_int_equal(stat_of(ctx, CO_ST_flush_deadline), 1);
+}
+
 /* EAGAIN */
 
 static void test_eagain_with_full_queue_after_the_kernel_said_so(void **state)
@@ -1581,6 +1602,7 @@ int main(void)
 		T(test_partial_deferred_flush_continues),
 		T(test_short_send_of_the_callers_bytes_is_a_short_count),
 		T(test_interrupted_blocking_send_does_not_split_a_small_write),
+		T(test_writer_sends_a_due_queue_itself),
 		T(test_eagain_with_full_queue_after_the_kernel_said_so),
 		T(test_eagain_queues_a_write_that_still_fits),
 		T(test_eagain_after_part_of_the_queue_was_sent),
