@@ -6,7 +6,6 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
-#include <poll.h>
 #include <string.h>
 
 #include "send.h"
@@ -377,26 +376,18 @@ ssize_t co__dgram_keep(struct co_ctx *ctx, int fd, const struct iovec *iov, int 
 static void send_kept_dgram(struct co_ctx *ctx, int fd, struct co_fd *f, struct iovec *iov,
 			    void *name, socklen_t name_len)
 {
-	uint64_t deadline = ctx->sys.now_ns() + ctx->cfg.linger_ns, now;
+	uint64_t deadline = ctx->sys.now_ns() + ctx->cfg.linger_ns;
 	struct msghdr msg = { .msg_name = name, .msg_namelen = name_len, .msg_iov = iov,
 			      .msg_iovlen = 1 };
-	struct pollfd pfd = { .fd = fd, .events = POLLOUT };
 	ssize_t r;
 
 	if (f->dg)
 		co__drain_locked(ctx, fd, f, CO_ST_flush_order, deadline);
-	for (;;) {
+	do {
 		r = ctx->sys.sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (r >= 0)
 			return;
-		now = ctx->sys.now_ns();
-		if (r != -EINTR && (!(r == -EAGAIN || r == -ENOBUFS) || now >= deadline))
-			break;
-		if (r == -ENOBUFS)
-			ctx->sys.poll(NULL, 0, 1);
-		else if (r == -EAGAIN)
-			ctx->sys.poll(&pfd, 1, (int)((deadline - now + 999999) / 1000000));
-	}
+	} while (co__wait_room(ctx, fd, r, deadline));
 	co_stat_add(&ctx->stats, CO_ST_dgrams_dropped, 1);
 	co_stat_add(&ctx->stats, CO_ST_bytes_dropped, iov->iov_len);
 	co_log(ctx, CO_LOG_ERROR, "fd %d: a datagram a signal handler sent could not be sent "

@@ -244,28 +244,34 @@ int co__take_batch_result(struct co_ctx *ctx, int fd, struct co_fd *f,
 	return r;
 }
 
+int co__wait_room(struct co_ctx *ctx, int fd, ssize_t err, uint64_t deadline_ns)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+	uint64_t now = ctx->sys.now_ns();
+
+	if (!co__keeps_queue(err) || now >= deadline_ns)
+		return 0;
+	/* Short of buffers, the socket may well be writable: wait a moment
+	 * instead of for POLLOUT. */
+	if (err == -ENOBUFS || err == -ENOMEM)
+		ctx->sys.poll(NULL, 0, 1);
+	else
+		ctx->sys.poll(&pfd, 1, (int)((deadline_ns - now + 999999) / 1000000));
+	return 1;
+}
+
 int co__drain_locked(struct co_ctx *ctx, int fd, struct co_fd *f,
 		     enum co_counter trigger, uint64_t deadline_ns)
 {
-	struct pollfd pfd = { .fd = fd, .events = POLLOUT };
-	uint64_t now;
-	int r, ms;
+	int r;
 
 	for (;; trigger = CO_ST_COUNT) {
 		r = co__flush_locked(ctx, fd, f, trigger, 0);
 		if (r == 0 || !co__keeps_queue(r))
 			return r;
-		now = ctx->sys.now_ns();
-		if (now >= deadline_ns) {
+		if (!co__wait_room(ctx, fd, r, deadline_ns)) {
 			co__discard_locked(ctx, fd, f);
 			return r;
 		}
-		ms = (int)((deadline_ns - now + 999999) / 1000000);
-		/* Short of buffers, the socket may well be writable: wait a
-		 * moment instead of for POLLOUT. */
-		if (r == -ENOBUFS || r == -ENOMEM)
-			ctx->sys.poll(NULL, 0, 1);
-		else
-			ctx->sys.poll(&pfd, 1, ms);
 	}
 }

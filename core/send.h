@@ -48,6 +48,11 @@ int co__flush_deferred(struct co_ctx *ctx, int fd, struct co_fd *f,
 int co__take_batch_result(struct co_ctx *ctx, int fd, struct co_fd *f,
 			  enum co_counter trigger, ssize_t n);
 
+/* A send on fd just failed with err: waits for room as a blocking send
+ * would, but not past deadline_ns (monotonic). Returns 1 to send again, or
+ * 0 when err is not worth waiting for or the deadline has passed. */
+int co__wait_room(struct co_ctx *ctx, int fd, ssize_t err, uint64_t deadline_ns);
+
 /* Sends f's queue as a blocking write would, waiting until deadline_ns
  * (monotonic) when the socket is nonblocking and full; what is left then is
  * dropped and counted. Returns 0 or -errno. */

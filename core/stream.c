@@ -288,8 +288,7 @@ static ssize_t keep_signal_write(struct co_ctx *ctx, int fd, const struct iovec 
  * What cannot be sent is dropped and counted. fd's lock is held. */
 static void send_kept(struct co_ctx *ctx, int fd, struct co_fd *f)
 {
-	uint64_t deadline = ctx->sys.now_ns() + ctx->cfg.linger_ns, now;
-	struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+	uint64_t deadline = ctx->sys.now_ns() + ctx->cfg.linger_ns;
 	struct iovec rest = { .iov_base = co__signal_writes.buf };
 	ssize_t n;
 
@@ -300,15 +299,9 @@ static void send_kept(struct co_ctx *ctx, int fd, struct co_fd *f)
 			memmove(co__signal_writes.buf, co__signal_writes.buf + n,
 				co__signal_writes.len - (size_t)n);
 			co__signal_writes.len -= (size_t)n;
-			continue;
-		}
-		now = ctx->sys.now_ns();
-		if (!co__keeps_queue(n) || now >= deadline)
+		} else if (!co__wait_room(ctx, fd, n, deadline)) {
 			break;
-		if (n == -ENOBUFS || n == -ENOMEM)
-			ctx->sys.poll(NULL, 0, 1);
-		else
-			ctx->sys.poll(&pfd, 1, (int)((deadline - now + 999999) / 1000000));
+		}
 	}
 	if (co__signal_writes.len) {
 		co__discard_locked(ctx, fd, f);
